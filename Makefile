@@ -1,0 +1,38 @@
+# One-command setup: `make test` and `make experiment` create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+STAMP  := $(VENV)/.installed
+PROFILE ?= quick
+NAME   ?= $(PROFILE)
+
+.PHONY: setup test test-slow experiment bench lint clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first (the CPU wheel on disk); constraints.txt keeps it when the project installs.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[lab,dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+experiment: $(STAMP)
+	$(VENV)/bin/ntl experiment --profile $(PROFILE) --name $(NAME)
+
+bench: $(STAMP)
+	$(VENV)/bin/ntl bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info
