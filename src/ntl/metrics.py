@@ -1,0 +1,355 @@
+"""Number-aware metrics: parse a model's answer into a number, score it against the target.
+
+The metrics follow the paper (Zausinger et al., 2025): accuracy of the parsed final number
+(exact float equality) and MAE / R² on ``sign(x)·log10(|x|+1)``; plain MAE, median absolute error
+and R² come along. Every metric carries a bootstrap 95% confidence interval.
+
+Parsing rules (:func:`parse_number`), chosen for DeepMind mathematics answers, which are always one
+plain number (``-12``, ``0.5``, ``3``):
+
+* The text must hold **exactly one number token**; two or more (``3/4``, ``1 2``, ``5 - 3``,
+  ``1, 2``) is invalid, and so is a digit that is not part of a well-formed number (``12abc``,
+  ``x2``, ``3.5.1``).
+* A number token is an optional sign (``-``, ``+``, or the unicode minus ``−``) **attached** to the
+  digits, an integer part, an optional fraction (``3.50``, ``.5``, ``5.``) and an optional exponent
+  (``1e-05``, ``2E+3``). Scientific notation is read as such: ``1e-05`` is 1e-05 (Python prints
+  small floats that way), never -5 or 1.
+* A sign separated from the digits by whitespace (``- 12``) is invalid: it is either an expression
+  or a tokenizer that decodes with spaces between pieces, and both should show up as invalid
+  rather than be silently repaired. (The digit-split T5 tokenizer decodes ``-12`` as ``-12``.)
+* Thousands separators are accepted only in strict groups of three: ``1,000`` and ``12,345.5`` are
+  1000 and 12345.5; ``1,00``, ``1, 000`` and the decimal comma ``3,5`` are invalid.
+* Text around the number is allowed (``The answer is -12.`` is -12), except an arithmetic operator
+  (``+ - * / ^ × ÷ %``) right next to it, ignoring spaces (``x-3``, ``- 12``, ``12/``, ``50%``).
+* Values that overflow float (``1e400``) are invalid.
+
+Exact match (:func:`is_exact_match`) is float equality of the parsed values: ``3.50`` matches
+``3.5``, but ``0.30000000000000004`` does not match ``0.3``; no tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "METRIC_NAMES",
+    "parse_number",
+    "is_exact_match",
+    "signed_log",
+    "compute_metrics",
+    "metrics_by_module",
+    "nan_to_none",
+    "none_to_nan",
+    "dumps_json",
+    "write_json",
+]
+
+#: Keys of a METRICS dict besides ``"n"``, in report order.
+METRIC_NAMES: tuple[str, ...] = (
+    "exact_match",
+    "mae",
+    "median_ae",
+    "r2",
+    "log_mae",
+    "log_r2",
+    "invalid_rate",
+)
+
+_NUMBER_RE = re.compile(
+    r"""
+    (?<![\w.,+\-])                         # not glued to a word, a number or another sign
+    (?P<sign>[-+])?
+    (?P<body>
+        (?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?   # 12, 1,000, 3.50, 5.
+      | \.\d+                                  # .5
+    )
+    (?P<exp>[eE][-+]?\d+)?
+    (?![\w])                               # not followed by letters or digits (12abc, 1e)
+    """,
+    re.VERBOSE,
+)
+_OPERATORS = frozenset("+-*/^×÷%")
+_DIGIT_RE = re.compile(r"\d")
+
+
+def parse_number(text: str | None) -> float | None:
+    """Parse the single number in ``text``; ``None`` when the text is not exactly one number.
+
+    See the module docstring for the full rules. Examples::
+
+        parse_number("-12")                 -> -12.0
+        parse_number(" 3.50 ")              -> 3.5
+        parse_number("1e-05")               -> 1e-05
+        parse_number("The answer is -12.")  -> -12.0
+        parse_number("1,000")               -> 1000.0
+        parse_number("3/4")                 -> None   (two numbers)
+        parse_number("- 12")                -> None   (detached sign)
+        parse_number("abc")                 -> None
+
+    Args:
+        text: generated text (or a target answer). ``None`` gives ``None``.
+
+    Returns:
+        The value as a finite Python float, or ``None`` for an invalid answer.
+    """
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise TypeError(f"parse_number expects a str, got {type(text).__name__}: {text!r}")
+    text = text.replace("\u2212", "-").strip()
+    matches = list(_NUMBER_RE.finditer(text))
+    if len(matches) != 1:
+        return None
+    m = matches[0]
+    before, after = text[: m.start()], text[m.end() :]
+    if _DIGIT_RE.search(before) or _DIGIT_RE.search(after):
+        return None  # a digit outside the number: 12abc 3, 3.5.1, x2 ...
+    before, after = before.rstrip(), after.lstrip()
+    if (before and before[-1] in _OPERATORS) or (after and after[0] in _OPERATORS):
+        return None  # an expression: x-3, - 12, 12/, 50%
+    literal = (m.group("sign") or "") + m.group("body").replace(",", "") + (m.group("exp") or "")
+    value = float(literal)
+    return value if math.isfinite(value) else None
+
+
+def is_exact_match(pred_text: str | None, target_text: str) -> bool:
+    """Whether the number parsed from ``pred_text`` equals the one parsed from ``target_text``.
+
+    Float equality of the parsed values, no tolerance: ``"3.50"`` matches ``"3.5"``, ``"-0"``
+    matches ``"0"``, ``"0.30000000000000004"`` does not match ``"0.3"``. An invalid prediction
+    never matches.
+
+    Raises:
+        ValueError: the target is not a single number.
+    """
+    target = parse_number(target_text)
+    if target is None:
+        raise ValueError(f"target answer {target_text!r} is not a single number")
+    pred = parse_number(pred_text)
+    return pred is not None and pred == target
+
+
+def signed_log(x: np.ndarray | float) -> np.ndarray:
+    """``sign(x)·log10(|x|+1)``, the paper's scale for log-MAE and log-R² (float64 array)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.sign(x) * np.log10(np.abs(x) + 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# metrics with bootstrap confidence intervals
+# --------------------------------------------------------------------------------------------
+
+# Bootstrap replicates are processed in chunks of about this many resampled elements, so
+# n=10k, n_boot=1000 needs tens of MB, not gigabytes.
+_CHUNK_ELEMENTS = 1_000_000
+
+
+def _stats(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+    """All metrics for each row of (R, n) arrays; ``pred`` is 0 where invalid. Returns (R,) arrays.
+
+    Rows with no valid prediction give NaN for the MAE-type metrics; rows whose valid targets are
+    constant (or fewer than two) give NaN R².
+    """
+    n = target.shape[1]
+    v = valid.astype(np.float64)
+    n_valid = v.sum(axis=1)
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["exact_match"] = (valid & (pred == target)).sum(axis=1) / n
+        out["invalid_rate"] = 1.0 - n_valid / n
+        for prefix, p, t in (
+            ("", pred, target),
+            ("log_", signed_log(pred), signed_log(target)),
+        ):
+            err = np.abs(p - t)
+            out[prefix + "mae"] = np.where(n_valid > 0, (err * v).sum(axis=1) / n_valid, np.nan)
+            t_mean = (t * v).sum(axis=1, keepdims=True) / n_valid[:, None]
+            ss_tot = (((t - t_mean) * v) ** 2).sum(axis=1)
+            ss_res = ((err * v) ** 2).sum(axis=1)
+            # relative threshold: constant targets give ss_tot of rounding-error size, not 0
+            scale = (np.abs(t) * v).max(axis=1, initial=0.0) ** 2 * np.maximum(n_valid, 1)
+            degenerate = (n_valid < 2) | (ss_tot <= 1e-24 * scale) | (ss_tot == 0)
+            out[prefix + "r2"] = np.where(degenerate, np.nan, 1.0 - ss_res / ss_tot)
+        # median over the valid entries of each row: invalid -> +inf, sort, pick the middle
+        err = np.where(valid, np.abs(pred - target), np.inf)
+        err.sort(axis=1)
+        k = n_valid.astype(np.int64)
+        rows = np.arange(err.shape[0])
+        lo_i = np.maximum((k - 1) // 2, 0)
+        hi_i = np.minimum(k // 2, n - 1) if n else k
+        med = 0.5 * (err[rows, lo_i] + err[rows, hi_i]) if n else np.full(len(k), np.nan)
+        out["median_ae"] = np.where(k > 0, med, np.nan)
+    return out
+
+
+def compute_metrics(
+    preds: Sequence[float | None],
+    targets: Sequence[float],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Exact match, MAE, median AE, R², log-MAE, log-R² and invalid rate, with bootstrap CIs.
+
+    Args:
+        preds: parsed predictions, ``None`` (or NaN) for an invalid answer; length n.
+        targets: target values, finite floats; length n.
+        n_boot: bootstrap replicates (examples resampled with replacement, the same resample for
+            every metric). ``0`` gives ``lo == hi == value``.
+        seed: seed of the resampling (``numpy.random.default_rng``); same inputs and seed give
+            the same intervals.
+        confidence: coverage of the percentile interval.
+
+    Returns:
+        ``{"n": n, name: {"value", "lo", "hi"} for name in METRIC_NAMES}``. ``exact_match``
+        counts invalid predictions as wrong; ``mae``, ``median_ae``, ``r2`` and their ``log_``
+        versions (on ``sign(x)·log10(|x|+1)``) use the valid predictions only; ``invalid_rate``
+        is the share dropped. Undefined values are NaN (all predictions invalid, R² of constant
+        targets, n = 0); write them with :func:`write_json`, which turns NaN into ``null``.
+        The interval is the bootstrap percentile interval, widened to include the point
+        estimate in the rare case resampling bias puts it outside (R², medians at small n).
+
+    Raises:
+        ValueError: lengths differ, a target is not finite, or n_boot/confidence out of range.
+    """
+    if len(preds) != len(targets):
+        raise ValueError(f"preds and targets differ in length: {len(preds)} vs {len(targets)}")
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    target = np.asarray(targets, dtype=np.float64).reshape(-1)
+    if not np.isfinite(target).all():
+        bad = target[~np.isfinite(target)][:3].tolist()
+        raise ValueError(f"targets must be finite floats, got {bad}")
+    pred = np.array([np.nan if p is None else float(p) for p in preds], dtype=np.float64)
+    valid = np.isfinite(pred)
+    pred = np.where(valid, pred, 0.0)
+    n = len(target)
+
+    point = {k: float(v[0]) for k, v in _stats(pred[None], target[None], valid[None]).items()}
+    result: dict[str, Any] = {"n": int(n)}
+    if n == 0 or n_boot == 0:
+        for name in METRIC_NAMES:
+            result[name] = {"value": point[name], "lo": point[name], "hi": point[name]}
+        return result
+
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_ELEMENTS // n)
+    reps: dict[str, list[np.ndarray]] = {name: [] for name in METRIC_NAMES}
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        for name, vals in _stats(pred[idx], target[idx], valid[idx]).items():
+            reps[name].append(vals)
+    alpha = 100.0 * (1.0 - confidence) / 2.0
+    for name in METRIC_NAMES:
+        value = point[name]
+        boot = np.concatenate(reps[name])
+        boot = boot[np.isfinite(boot)]
+        if boot.size == 0 or not math.isfinite(value):
+            lo = hi = value if boot.size == 0 else math.nan
+        else:
+            lo, hi = (float(q) for q in np.percentile(boot, [alpha, 100.0 - alpha]))
+            lo, hi = min(lo, value), max(hi, value)
+        result[name] = {"value": value, "lo": lo, "hi": hi}
+    return result
+
+
+def metrics_by_module(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """METRICS over all prediction records and per module.
+
+    Args:
+        records: prediction records as in ``eval/<split>.jsonl``: ``{"module", "answer",
+            "parsed", "valid", ...}``. The target is ``parse_number(answer)``; the prediction is
+            ``parsed`` when ``valid`` is true (missing ``valid``: ``parsed is not None``), else
+            invalid.
+        n_boot, seed: passed to :func:`compute_metrics`.
+
+    Returns:
+        ``{"overall": METRICS, "per_module": {module: METRICS}}``, modules sorted by name.
+
+    Raises:
+        ValueError: a record's answer is not a single number.
+    """
+    preds: list[float | None] = []
+    targets: list[float] = []
+    modules: list[str] = []
+    for i, rec in enumerate(records):
+        target = parse_number(str(rec["answer"]))
+        if target is None:
+            raise ValueError(
+                f"record {i} (module {rec.get('module')!r}) has answer {rec['answer']!r}, "
+                "which is not a single number"
+            )
+        parsed = rec.get("parsed")
+        ok = rec.get("valid", parsed is not None) and parsed is not None
+        value = float(parsed) if ok else None
+        preds.append(value if value is not None and math.isfinite(value) else None)
+        targets.append(target)
+        modules.append(str(rec.get("module", "")))
+    per_module: dict[str, Any] = {}
+    mod_arr = np.array(modules, dtype=object)
+    for module in sorted(set(modules)):
+        sel = np.flatnonzero(mod_arr == module)
+        per_module[module] = compute_metrics(
+            [preds[i] for i in sel], [targets[i] for i in sel], n_boot=n_boot, seed=seed
+        )
+    return {
+        "overall": compute_metrics(preds, targets, n_boot=n_boot, seed=seed),
+        "per_module": per_module,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# JSON with NaN -> null
+# --------------------------------------------------------------------------------------------
+
+
+def nan_to_none(obj: Any) -> Any:
+    """Copy of ``obj`` (dicts, lists, numpy scalars/arrays) with NaN and ±inf as ``None``."""
+    if isinstance(obj, Mapping):
+        return {str(k): nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_none(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return nan_to_none(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps_json(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that writes NaN/inf as ``null`` (strict JSON); ``indent=2`` by default."""
+    kwargs.setdefault("indent", 2)
+    return json.dumps(nan_to_none(obj), allow_nan=False, **kwargs)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as strict JSON (NaN/inf -> ``null``) to ``path``, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps_json(obj) + "\n", encoding="utf-8")
+
+
+def none_to_nan(obj: Any) -> Any:
+    """Inverse of :func:`nan_to_none` for METRICS read back from JSON: ``None`` -> NaN."""
+    if isinstance(obj, Mapping):
+        return {k: none_to_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [none_to_nan(v) for v in obj]
+    return math.nan if obj is None else obj
