@@ -1,1 +1,14 @@
-"""ntl."""
+"""ntl: make language models regress numbers instead of guessing them.
+
+The Number Token Loss (Zausinger et al., ICML 2025) for any tokenizer::
+
+    from ntl import NumberVocab, CrossEntropyWithNTL
+    vocab = NumberVocab.from_tokenizer(tokenizer, mode="digits", vocab_size=model_vocab_size)
+    loss = CrossEntropyWithNTL(vocab, ntl="was", lam=0.3)(logits, labels).total
+"""
+
+from ntl.losses import CrossEntropyWithNTL, LossOutput, NumberTokenLoss
+from ntl.numbers import NumberVocab
+
+__version__ = "0.1.0"
+__all__ = ["CrossEntropyWithNTL", "LossOutput", "NumberTokenLoss", "NumberVocab", "__version__"]

@@ -1,0 +1,511 @@
+"""Number Token Loss as pure tensor functions.
+
+All losses take
+
+- ``logits``: float (B, T, V) or (N, V), any float dtype (fp32/bf16/fp16/fp64); math runs in
+  float32 (float64 stays float64) and the result comes back in the logits' dtype;
+- ``labels``: int64 (B, T) or (N,), aligned with the logits (no shifting inside), ids in
+  ``[0, V)`` or ``ignore_index``;
+- ``vocab``: a `ntl.NumberVocab` (or its `NumberTable`), with ``vocab_size == V``.
+
+``p`` is the softmax over the number-token logits only (the paper's definition). A position
+counts when its label is a number token. Reductions follow PyTorch: ``"mean"`` averages over
+number-target positions (weighted by ``loss_weights``), ``"sum"`` sums, ``"none"`` returns the
+per-token loss in the labels' shape (0 at non-number positions). ``num_items_in_batch`` follows
+Hugging Face: the weighted sum divided by it (the count of number targets in the whole
+accumulated batch, see `count_number_targets`), so gradient accumulation and multi-process
+training reproduce the mean over one big batch.
+
+Validation runs on metadata only (shapes, dtypes) except the label-range and weight-sign checks,
+which read values: on CPU they raise at once; on an accelerator they are queued as an
+asynchronous device assertion, so a valid call never waits on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ntl.numbers import NumberTable, NumberVocab
+
+REDUCTIONS = ("mean", "sum", "none")
+REWEIGH_MARGIN = 1.01  # ntloss: missing number mass costs slightly more than the worst number token
+
+
+# ---------------------------------------------------------------------- validation
+def as_table(vocab: NumberVocab | NumberTable, device: torch.device) -> NumberTable:
+    """The lookup tables of ``vocab`` on ``device``."""
+    if isinstance(vocab, NumberVocab):
+        return vocab.table(device)
+    if isinstance(vocab, NumberTable):
+        return vocab if vocab.values.device == device else vocab.to(device)
+    raise TypeError(f"vocab must be a NumberVocab or NumberTable, got {type(vocab).__name__}.")
+
+
+def _check_values(ok: torch.Tensor, message: Callable[[], str]) -> None:
+    """Raise ValueError(message()) if ``ok`` is False; asynchronous on accelerators."""
+    if ok.device.type == "cpu":
+        if not bool(ok):
+            raise ValueError(message())
+    else:
+        torch._assert_async(ok, "ntl: invalid loss input (labels out of range or negative weights)")
+
+
+def validate(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    table: NumberTable,
+    *,
+    ignore_index: int,
+    reduction: str,
+    loss_weights: torch.Tensor | None = None,
+    target_probs: torch.Tensor | None = None,
+    num_items_in_batch: Any = None,
+) -> None:
+    """Raise a clear error for any input the losses cannot handle correctly."""
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise TypeError(f"logits must be a floating-point tensor, got {got}.")
+    if logits.dim() not in (2, 3):
+        raise ValueError(
+            f"logits must have shape (B, T, V) or (N, V), got {tuple(logits.shape)} "
+            f"({logits.dim()} dims)."
+        )
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (
+        torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8,
+    ):
+        got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise TypeError(f"labels must be an integer tensor of token ids, got {got}; use .long().")
+    if tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} does not match logits shape "
+            f"{tuple(logits.shape)} without its last dim {tuple(logits.shape[:-1])}."
+        )
+    vocab_size = logits.shape[-1]
+    if vocab_size != table.vocab_size:
+        raise ValueError(
+            f"logits' last dim is {vocab_size} but the NumberVocab has vocab_size="
+            f"{table.vocab_size}; build it with NumberVocab.from_tokenizer(tokenizer, "
+            f"vocab_size={vocab_size}) to match the model's output size."
+        )
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r} is not supported; use one of {REDUCTIONS}.")
+    if num_items_in_batch is not None and reduction == "none":
+        raise ValueError("num_items_in_batch divides a summed loss; it needs reduction='mean' or 'sum'.")
+    if loss_weights is not None:
+        if tuple(loss_weights.shape) != tuple(labels.shape):
+            raise ValueError(
+                f"loss_weights shape {tuple(loss_weights.shape)} must equal the labels shape "
+                f"{tuple(labels.shape)}."
+            )
+        _check_values(
+            (loss_weights >= 0).all(),
+            lambda: f"loss_weights must be >= 0, got a minimum of {float(loss_weights.min())}.",
+        )
+    if target_probs is not None:
+        k = table.number_ids.numel()
+        if tuple(target_probs.shape) != (*labels.shape, k):
+            raise ValueError(
+                f"target_probs must have shape {(*labels.shape, k)} (a distribution over the "
+                f"{k} number tokens per position), got {tuple(target_probs.shape)}."
+            )
+    valid = (labels == ignore_index) | ((labels >= 0) & (labels < vocab_size))
+
+    def _bad_label() -> str:
+        bad = labels[~valid]
+        return (
+            f"labels must be token ids in [0, {vocab_size}) or ignore_index={ignore_index}; got "
+            f"{bad[:5].tolist()} ({bad.numel()} bad). Pad with ignore_index, not another value."
+        )
+
+    _check_values(valid.all(), _bad_label)
+
+
+# ---------------------------------------------------------------------- shared pieces
+def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+class _Targets:
+    """Flattened per-position targets: which positions count and their values."""
+
+    def __init__(self, labels: torch.Tensor, table: NumberTable, ignore_index: int, dtype) -> None:
+        flat = labels.reshape(-1).long()
+        keep = flat != ignore_index
+        safe = torch.where(keep, flat, torch.zeros_like(flat))  # ignore_index never indexes
+        self.ids = safe
+        self.keep = keep
+        self.is_number = keep & table.is_number[safe]
+        self.y = torch.where(self.is_number, table.values[safe], 0.0).to(dtype)
+
+
+def _number_logits(logits: torch.Tensor, table: NumberTable, dtype) -> torch.Tensor:
+    """(N, K) logits of the number tokens, in the compute dtype."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    return flat.index_select(-1, table.number_ids).to(dtype)
+
+
+def _number_mass(logits: torch.Tensor, number_logits: torch.Tensor, dtype) -> torch.Tensor:
+    """(N,) probability mass on the number tokens under the full softmax.
+
+    From two log-sum-exps, so no probability tensor over the whole vocabulary is built.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    lse_all = torch.logsumexp(flat.to(dtype) if flat.dtype != dtype else flat, dim=-1)
+    return torch.exp(torch.logsumexp(number_logits, dim=-1) - lse_all)
+
+
+def _reweigh(per_token: torch.Tensor, mass: torch.Tensor, max_dist: float) -> torch.Tensor:
+    """ntloss's mass reweighting: ``loss·m + 1.01·max_dist·(1 − m)``."""
+    return per_token * mass + REWEIGH_MARGIN * max_dist * (1.0 - mass)
+
+
+def _reduce(
+    per_token: torch.Tensor,
+    weights: torch.Tensor,
+    labels: torch.Tensor,
+    reduction: str,
+    num_items_in_batch: Any,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Apply weights (0 at positions that do not count) and the reduction."""
+    weighted = per_token * weights
+    if reduction == "none":
+        return weighted.reshape(labels.shape).to(out_dtype)
+    total = weighted.sum()
+    if num_items_in_batch is not None:
+        denom = torch.as_tensor(num_items_in_batch, dtype=total.dtype, device=total.device)
+        return (total / denom.clamp_min(torch.finfo(total.dtype).tiny)).to(out_dtype)
+    if reduction == "sum":
+        return total.to(out_dtype)
+    # No number targets: 0 / tiny = exactly 0, with a gradient path and no NaN.
+    return (total / weights.sum().clamp_min(torch.finfo(total.dtype).tiny)).to(out_dtype)
+
+
+def _weights(targets: _Targets, loss_weights: torch.Tensor | None, dtype) -> torch.Tensor:
+    w = targets.is_number.to(dtype)
+    if loss_weights is not None:
+        w = w * loss_weights.reshape(-1).to(dtype)
+    return w
+
+
+def count_number_targets(
+    labels: torch.Tensor, vocab: NumberVocab | NumberTable, ignore_index: int = -100
+) -> torch.Tensor:
+    """Number of positions whose label is a number token (int64, 0-d, on the labels' device).
+
+    Sum it over the micro-batches (and processes) of one optimizer step and pass it as
+    ``num_items_in_batch`` to get the mean over number tokens of the whole batch.
+    """
+    table = as_table(vocab, labels.device)
+    flat = labels.reshape(-1).long()
+    keep = (flat != ignore_index) & (flat >= 0) & (flat < table.vocab_size)
+    safe = torch.where(keep, flat, torch.zeros_like(flat))
+    return (keep & table.is_number[safe]).sum()
+
+
+def _distance_matrix(table: NumberTable, squash_factor: float | None, dtype) -> torch.Tensor:
+    """(K, K) distance between number-token values; optionally squashed as in ntloss.
+
+    With ``squash_factor`` s > 1 the distances are mapped affinely so that the closest wrong
+    token costs 1 and the farthest costs s (0 stays 0); for large multi-digit vocabularies this
+    keeps a 999-vs-0 mistake from dominating.
+    """
+    v = table.number_values.to(dtype)
+    dist = (v[:, None] - v[None, :]).abs()
+    if squash_factor is None:
+        return dist
+    if squash_factor <= 1:
+        raise ValueError(f"squash_factor must be > 1 (1 recovers cross-entropy), got {squash_factor}.")
+    span, gap = table.value_span, table.min_gap
+    scale = (squash_factor - 1) / (span - gap) if span > gap else 0.0
+    return torch.where(dist == 0, torch.zeros_like(dist), 1 + (dist - gap) * scale)
+
+
+def _finish(
+    per_token: torch.Tensor,
+    *,
+    logits: torch.Tensor,
+    number_logits: torch.Tensor,
+    targets: _Targets,
+    labels: torch.Tensor,
+    reweigh: bool,
+    max_dist: float,
+    loss_weights: torch.Tensor | None,
+    reduction: str,
+    num_items_in_batch: Any,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    if reweigh:
+        per_token = _reweigh(per_token, _number_mass(logits, number_logits, dtype), max_dist)
+    weights = _weights(targets, loss_weights, dtype)
+    return _reduce(per_token, weights, labels, reduction, num_items_in_batch, logits.dtype)
+
+
+# ---------------------------------------------------------------------- the losses
+def wasserstein(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    vocab: NumberVocab | NumberTable,
+    *,
+    target_probs: torch.Tensor | None = None,
+    squash_factor: float | None = None,
+    reweigh: bool = False,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    loss_weights: torch.Tensor | None = None,
+    num_items_in_batch: Any = None,
+) -> torch.Tensor:
+    """NTL-WAS: Wasserstein-1 distance between the predicted number distribution and the target.
+
+    One-hot target (default, the label token): ``sum_i p_i·|v_i − y|``, with distances
+    optionally squashed (``squash_factor``). Soft target (``target_probs``, shape
+    (*labels.shape, K), a distribution over ``vocab.number_ids`` per position, e.g.
+    Gaussian-smoothed labels): W1 on the real line through the CDFs over the tokens sorted by
+    value, ``sum_k |P(k) − Q(k)|·(v_(k+1) − v_(k))`` — valid for uneven and duplicate values and
+    equal to the one-hot form on one-hot targets. Positions still count only where the label is
+    a number token. Units: the token values' units (digits: 0..9).
+    """
+    table = as_table(vocab, logits.device)
+    validate(logits, labels, table, ignore_index=ignore_index, reduction=reduction,
+             loss_weights=loss_weights, target_probs=target_probs,
+             num_items_in_batch=num_items_in_batch)
+    if target_probs is not None and squash_factor is not None:
+        raise ValueError("squash_factor applies to one-hot targets only; drop it or target_probs.")
+    dtype = _compute_dtype(logits)
+    targets = _Targets(labels, table, ignore_index, dtype)
+    z = _number_logits(logits, table, dtype)
+    p = torch.softmax(z, dim=-1)
+    if target_probs is None:
+        dist = _distance_matrix(table, squash_factor, dtype)
+        # Row of the distance matrix for each label: label id -> its index among number tokens.
+        label_col = torch.searchsorted(table.number_ids, targets.ids).clamp_max(dist.shape[0] - 1)
+        per_token = (p * dist[label_col]).sum(-1)
+        max_dist = float(dist.max()) if dist.numel() else 0.0
+    else:
+        order = torch.argsort(table.number_values, stable=True)
+        v = table.number_values[order].to(dtype)
+        q = target_probs.reshape(-1, z.shape[-1]).to(dtype)[:, order]
+        cdf_gap = (torch.cumsum(p[:, order], -1) - torch.cumsum(q, -1))[:, :-1].abs()
+        per_token = (cdf_gap * (v[1:] - v[:-1])).sum(-1)
+        max_dist = table.value_span
+    return _finish(per_token, logits=logits, number_logits=z, targets=targets, labels=labels,
+                   reweigh=reweigh, max_dist=max_dist, loss_weights=loss_weights,
+                   reduction=reduction, num_items_in_batch=num_items_in_batch, dtype=dtype)
+
+
+def _lp(kind: str, huber_delta: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Elementwise Lp distance of a residual ``r = ŷ − y``, by name."""
+    table: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "mse": lambda r: r * r,
+        "mae": lambda r: r.abs(),
+        "huber": lambda r: F.huber_loss(r, torch.zeros_like(r), reduction="none", delta=huber_delta),
+    }
+    if kind not in table:
+        raise ValueError(f"loss={kind!r} is not an expectation loss; use one of {tuple(table)}.")
+    return table[kind]
+
+
+def expectation(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    vocab: NumberVocab | NumberTable,
+    *,
+    loss: str = "mse",
+    huber_delta: float = 1.0,
+    reweigh: bool = False,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    loss_weights: torch.Tensor | None = None,
+    num_items_in_batch: Any = None,
+) -> torch.Tensor:
+    """NTL-Lp: an Lp loss between ``y`` and the expected value ``ŷ = sum_i p_i·v_i``.
+
+    ``loss``: ``"mse"`` (``(ŷ − y)²``, the paper's NTL-MSE), ``"mae"`` or ``"huber"``
+    (with ``huber_delta``). Units: squared (mse) or plain (mae) token-value units.
+    """
+    distance = _lp(loss, huber_delta)
+    table = as_table(vocab, logits.device)
+    validate(logits, labels, table, ignore_index=ignore_index, reduction=reduction,
+             loss_weights=loss_weights, num_items_in_batch=num_items_in_batch)
+    dtype = _compute_dtype(logits)
+    targets = _Targets(labels, table, ignore_index, dtype)
+    z = _number_logits(logits, table, dtype)
+    y_hat = torch.softmax(z, dim=-1) @ table.number_values.to(dtype)
+    per_token = distance(y_hat - targets.y)
+    span = torch.tensor(table.value_span, dtype=dtype)
+    max_dist = float(distance(span.reshape(1))[0])
+    return _finish(per_token, logits=logits, number_logits=z, targets=targets, labels=labels,
+                   reweigh=reweigh, max_dist=max_dist, loss_weights=loss_weights,
+                   reduction=reduction, num_items_in_batch=num_items_in_batch, dtype=dtype)
+
+
+def _shift_right(x: torch.Tensor, fill) -> torch.Tensor:
+    """x[:, t-1] at position t (``fill`` at t = 0) for (B, T) tensors."""
+    return torch.cat([torch.full_like(x[:, :1], fill), x[:, :-1]], dim=1)
+
+
+def _shift_left(x: torch.Tensor, fill) -> torch.Tensor:
+    return torch.cat([x[:, 1:], torch.full_like(x[:, :1], fill)], dim=1)
+
+
+def _since_span_start(cum: torch.Tensor, start: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Inclusive running sum of ``step`` since the start of the current span, for (B, T) tensors.
+
+    ``cum`` is the inclusive cumsum of ``step`` along T; because it never decreases, the
+    value just before the latest span start is a running maximum.
+    """
+    before_start = torch.where(start, cum - step, torch.zeros_like(cum))
+    return cum - torch.cummax(before_start, dim=1).values
+
+
+def number_spans(labels: torch.Tensor, table: NumberTable, ignore_index: int = -100):
+    """Group the number tokens of each label row into numbers and give each its place value.
+
+    Returns ``(start, span_id, scale, sign)``, all (B, T): ``start`` marks the first token of
+    each number, ``span_id`` is a row-unique id in ``[0, T]`` (0 = not in a number), ``scale``
+    is the place value of each number token (``10**e``, 0 elsewhere), ``sign`` is −1 where a
+    ``-`` token directly precedes the number.
+
+    Rules: consecutive number tokens form one number (1-3-digit chunks too: ``12`` ``345``
+    -> 12345, place values from each token's digit count). A ``.`` token between number tokens
+    is the decimal point (first one only: in ``1.2.3`` the second ``.`` ends the number). Any
+    other token — ``,``, ``_``, a space piece like ``▁`` — ends the number, so ``1,000`` is two
+    numbers (1 and 0).
+    """
+    rows = labels.reshape(-1, labels.shape[-1]).long()
+    keep = rows != ignore_index
+    safe = torch.where(keep, rows, torch.zeros_like(rows))
+    is_num = keep & table.is_number[safe]
+    is_dot = keep & table.is_dot[safe]
+    is_minus = keep & table.is_minus[safe]
+    digits = torch.where(is_num, table.digit_counts[safe], torch.zeros_like(safe))
+
+    cand_dot = is_dot & _shift_right(is_num, False) & _shift_left(is_num, False)
+    in_span = is_num | cand_dot
+    start = in_span & ~_shift_right(in_span, False)
+    # A second decimal point in one span ends the number there.
+    dots_so_far = _since_span_start(torch.cumsum(cand_dot.long(), 1), start, cand_dot.long())
+    in_span = is_num | (cand_dot & (dots_so_far == 1))
+    start = in_span & ~_shift_right(in_span, False)
+    start_num = start & is_num  # a span never starts with its point
+
+    span_id = torch.cumsum(start.long(), 1) * in_span.long()
+    dots_seen = _since_span_start(torch.cumsum((cand_dot & in_span).long(), 1), start,
+                                  (cand_dot & in_span).long())
+    is_int = is_num & (dots_seen == 0)
+    is_frac = is_num & (dots_seen > 0)
+
+    # Integer part: exponent = digits of later integer tokens of the same number.
+    b, t = rows.shape
+    flat_id = (torch.arange(b, device=rows.device)[:, None] * (t + 1) + span_id).reshape(-1)
+    int_digits = torch.where(is_int, digits, torch.zeros_like(digits))
+    total_int = torch.zeros(b * (t + 1), dtype=digits.dtype, device=rows.device)
+    total_int.index_add_(0, flat_id, int_digits.reshape(-1))
+    int_so_far = _since_span_start(torch.cumsum(int_digits, 1), start, int_digits)
+    exp_int = total_int[flat_id].reshape(b, t) - int_so_far
+    # Fraction: exponent = −(digits of fraction tokens up to and including this one).
+    frac_digits = torch.where(is_frac, digits, torch.zeros_like(digits))
+    exp_frac = -_since_span_start(torch.cumsum(frac_digits, 1), start, frac_digits)
+    exponent = torch.where(is_frac, exp_frac, exp_int)
+    scale = torch.where(is_num, torch.pow(10.0, exponent.double()), 0.0)
+    sign = torch.where(_shift_right(is_minus, False) & start, -1.0, 1.0)
+    return start_num, span_id, scale, sign
+
+
+def number_level(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    vocab: NumberVocab | NumberTable,
+    *,
+    offset: float = 1.0,
+    reweigh: bool = False,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    loss_weights: torch.Tensor | None = None,
+    num_items_in_batch: Any = None,
+) -> torch.Tensor:
+    """Number-level NTL: compare whole numbers, not single tokens.
+
+    The number tokens of each number in the labels (see `number_spans` for how ``.``, ``-`` and
+    separators are treated) are composed by place value into the target ``Y = sum y_t·10^e_t``
+    and the prediction ``Ŷ = sum ŷ_t·10^e_t`` (``ŷ_t`` the expected token value). Both take the
+    sign of a preceding ``-`` token. The loss per number is the bounded relative distance
+    ``|Ŷ − Y| / (|Ŷ| + |Y| + offset)`` in [0, 1): relative for large numbers, and, thanks to
+    ``offset``, with a useful gradient at ``Y = 0`` (sMAPE is flat there). With
+    ``reduction="none"`` the loss sits at the first token of each number; ``loss_weights`` are
+    read there too; ``mean`` averages over numbers and ``num_items_in_batch`` should count
+    numbers (the first tokens).
+    """
+    table = as_table(vocab, logits.device)
+    validate(logits, labels, table, ignore_index=ignore_index, reduction=reduction,
+             loss_weights=loss_weights, num_items_in_batch=num_items_in_batch)
+    if offset <= 0:
+        raise ValueError(f"offset must be > 0 to keep a gradient at y = 0, got {offset}.")
+    dtype = _compute_dtype(logits)
+    rows = labels.reshape(-1, labels.shape[-1])
+    start, span_id, scale, sign = number_spans(rows, table, ignore_index)
+    targets = _Targets(rows, table, ignore_index, dtype)
+    z = _number_logits(logits, table, dtype)
+    y_hat = torch.softmax(z, dim=-1) @ table.number_values.to(dtype)
+
+    b, t = rows.shape
+    flat_id = (torch.arange(b, device=rows.device)[:, None] * (t + 1) + span_id).reshape(-1)
+    scale = scale.reshape(-1).to(dtype)
+    big_y = torch.zeros(b * (t + 1), dtype=dtype, device=rows.device).index_add(
+        0, flat_id, targets.y * scale)
+    big_y_hat = torch.zeros(b * (t + 1), dtype=dtype, device=rows.device).index_add(
+        0, flat_id, y_hat * scale)
+    sign = sign.reshape(-1).to(dtype)
+    y_num = big_y[flat_id] * sign
+    y_hat_num = big_y_hat[flat_id] * sign
+    per_number = (y_hat_num - y_num).abs() / (y_hat_num.abs() + y_num.abs() + offset)
+    if reweigh:
+        per_number = _reweigh(per_number, _number_mass(logits, z, dtype), 1.0)
+    weights = start.reshape(-1).to(dtype)
+    if loss_weights is not None:
+        weights = weights * loss_weights.reshape(-1).to(dtype)
+    return _reduce(per_number, weights, labels, reduction, num_items_in_batch, logits.dtype)
+
+
+def count_numbers(
+    labels: torch.Tensor, vocab: NumberVocab | NumberTable, ignore_index: int = -100
+) -> torch.Tensor:
+    """Number of whole numbers in the labels (the ``num_items_in_batch`` of `number_level`)."""
+    table = as_table(vocab, labels.device)
+    rows = labels.reshape(-1, labels.shape[-1])
+    return number_spans(rows, table, ignore_index)[0].sum()
+
+
+def _expectation_with(kind: str) -> Callable[..., torch.Tensor]:
+    def loss_fn(logits, labels, vocab, **kwargs):
+        return expectation(logits, labels, vocab, loss=kind, **kwargs)
+
+    loss_fn.__name__ = f"expectation_{kind}"
+    loss_fn.__doc__ = f"`expectation` with loss={kind!r}."
+    return loss_fn
+
+
+# Name -> loss function; the names used by the trainer's arms (``ce+ntl-<name>``).
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "was": wasserstein,
+    "mse": _expectation_with("mse"),
+    "mae": _expectation_with("mae"),
+    "huber": _expectation_with("huber"),
+    "number-level": number_level,
+}
+
+# How to count the items each loss averages over (for num_items_in_batch).
+ITEM_COUNTERS: dict[str, Callable[..., torch.Tensor]] = {
+    name: (count_numbers if name == "number-level" else count_number_targets) for name in LOSSES
+}
+
+
+def get_loss(name: str) -> Callable[..., torch.Tensor]:
+    """The loss function called ``name`` (see `LOSSES`)."""
+    if name not in LOSSES:
+        raise ValueError(f"Unknown number token loss {name!r}; choose one of {sorted(LOSSES)}.")
+    return LOSSES[name]

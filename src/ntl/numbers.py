@@ -1,0 +1,318 @@
+"""The number vocabulary: which tokens of a tokenizer are numbers, and what they are worth.
+
+`NumberVocab` maps every token id of a tokenizer to its numeric value (NaN for non-numbers),
+its digit count, and keeps the sorted ids of the number tokens. It is built from a Hugging Face
+tokenizer, a `tokenizers.Tokenizer`, a SentencePiece model or a plain ``{token: id}`` mapping and
+never mutates the tokenizer. Tokenizer libraries are imported lazily: ``import ntl`` needs torch only.
+
+Rules (see `number_value`):
+- the tokenizer's space/continuation markers are stripped first: ``▁`` (SentencePiece),
+  ``Ġ`` (byte-level BPE), a plain leading space, and ``##`` (WordPiece continuation);
+- ``digits`` mode: the stripped text is one ASCII digit ``0``-``9`` (the paper's main setting);
+- ``numbers`` mode: the stripped text is a plain ASCII decimal ``123`` or ``3.5``
+  (digits, optionally one ``.`` followed by digits);
+- never numbers: non-ASCII digits (``٣``, ``³``), ``inf``, ``nan``, ``1e3``, ``1_000``, ``-5``,
+  ``.5``, ``5.`` (the sign and a lone point are separate tokens, handled by the number-level loss).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MODES = ("digits", "numbers")
+# Markers a tokenizer puts before a word piece: SentencePiece, byte-level BPE, plain space.
+_SPACE_MARKERS = "\u2581\u0120 "
+_WORDPIECE_CONTINUATION = "##"
+_DIGIT = re.compile(r"[0-9]")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# The repo's sibling folder ../shared/tokenizers (override with $NTL_TOKENIZERS).
+SHARED_TOKENIZERS = Path(
+    os.environ.get("NTL_TOKENIZERS", Path(__file__).resolve().parents[2].parent / "shared" / "tokenizers")
+)
+
+
+def strip_marker(token: str) -> str:
+    """Token text without the tokenizer's leading space/continuation marker (``▁7`` -> ``7``)."""
+    if token.startswith(_WORDPIECE_CONTINUATION):
+        return token[len(_WORDPIECE_CONTINUATION) :]
+    return token.lstrip(_SPACE_MARKERS)
+
+
+def number_value(token: str, mode: str = "digits") -> float | None:
+    """The numeric value of one token's text in ``mode``, or None if it is not a number token."""
+    text = strip_marker(token)
+    pattern = _DIGIT if mode == "digits" else _DECIMAL
+    if pattern.fullmatch(text) is None:
+        return None
+    return float(text)
+
+
+@dataclass(frozen=True)
+class NumberTable:
+    """The tensors the losses read, all on one device. Built by `NumberVocab.table`.
+
+    Attributes:
+        values: float32 (V,), token value, NaN for non-number tokens.
+        is_number: bool (V,).
+        number_ids: int64 (K,), ids of number tokens, ascending.
+        number_values: float32 (K,), their values.
+        digit_counts: int64 (V,), digits in each number token (``3.5`` -> 2), 0 elsewhere.
+        is_dot: bool (V,), tokens whose text is ``.`` (decimal point for number-level loss).
+        is_minus: bool (V,), tokens whose text is ``-``.
+        value_span: max - min of the number values (the largest token distance).
+        min_gap: the smallest non-zero distance between two number values (1 for digits).
+    """
+
+    values: torch.Tensor
+    is_number: torch.Tensor
+    number_ids: torch.Tensor
+    number_values: torch.Tensor
+    digit_counts: torch.Tensor
+    is_dot: torch.Tensor
+    is_minus: torch.Tensor
+    value_span: float
+    min_gap: float
+
+    @property
+    def vocab_size(self) -> int:
+        return self.values.shape[0]
+
+    def to(self, device: torch.device | str) -> NumberTable:
+        """A copy of the tables on ``device`` (floats stay float32)."""
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("values", "is_number", "number_ids", "number_values", "digit_counts",
+                         "is_dot", "is_minus")
+        }
+        return NumberTable(**moved, value_span=self.value_span, min_gap=self.min_gap)
+
+
+class NumberVocab:
+    """Per-token numeric values of a tokenizer's vocabulary.
+
+    Build it with `from_tokenizer` (any tokenizer kind) or `from_vocab` (a ``{token: id}``
+    mapping). ``vocab_size`` may exceed the tokenizer's size (models pad their embeddings, e.g.
+    Qwen2: tokenizer 151,646, model 151,936); the padding ids are non-numbers.
+    """
+
+    def __init__(
+        self,
+        token_to_id: Mapping[str, int],
+        mode: str = "digits",
+        vocab_size: int | None = None,
+        tokenizer: Any = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not supported; use one of {MODES}.")
+        if not token_to_id:
+            raise ValueError("The token -> id mapping is empty; pass the tokenizer's vocabulary.")
+        needed = max(token_to_id.values()) + 1
+        if vocab_size is None:
+            vocab_size = needed
+        if vocab_size < needed:
+            raise ValueError(
+                f"vocab_size={vocab_size} is smaller than the tokenizer's vocabulary ({needed} ids): "
+                f"pass the model's output size (logits.shape[-1]), which must be >= {needed}."
+            )
+        self.mode = mode
+        self.vocab_size = int(vocab_size)
+        self._tokenizer = tokenizer  # kept only to tokenize text for `coverage`; never modified
+
+        values = torch.full((self.vocab_size,), float("nan"), dtype=torch.float32)
+        digit_counts = torch.zeros(self.vocab_size, dtype=torch.int64)
+        is_dot = torch.zeros(self.vocab_size, dtype=torch.bool)
+        is_minus = torch.zeros(self.vocab_size, dtype=torch.bool)
+        for token, idx in token_to_id.items():
+            value = number_value(token, mode)
+            if value is not None:
+                values[idx] = value
+                digit_counts[idx] = sum(ch.isdigit() for ch in strip_marker(token))
+            stripped = strip_marker(token)
+            is_dot[idx] = stripped == "."
+            is_minus[idx] = stripped == "-"
+        self.values = values
+        self.digit_counts = digit_counts
+        self.number_ids = torch.nonzero(~torch.isnan(values)).flatten()
+        self.number_values = values[self.number_ids]
+        id_to_token = {idx: tok for tok, idx in token_to_id.items()}
+        self.number_tokens = [id_to_token[int(i)] for i in self.number_ids]
+        self._is_dot = is_dot
+        self._is_minus = is_minus
+        self._tables: dict[torch.device, NumberTable] = {}
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_vocab(
+        cls, token_to_id: Mapping[str, int], mode: str = "digits", vocab_size: int | None = None
+    ) -> NumberVocab:
+        """From a plain ``{token: id}`` mapping."""
+        return cls(token_to_id, mode=mode, vocab_size=vocab_size)
+
+    @classmethod
+    def from_tokenizer(
+        cls, tokenizer: Any, mode: str = "digits", vocab_size: int | None = None
+    ) -> NumberVocab:
+        """From a Hugging Face tokenizer, a `tokenizers.Tokenizer`, a SentencePiece processor,
+        a path to a tokenizer folder / ``tokenizer.json`` / ``.model`` file, or a mapping."""
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer = load_tokenizer(tokenizer)
+        return cls(_token_to_id(tokenizer), mode=mode, vocab_size=vocab_size, tokenizer=tokenizer)
+
+    def with_vocab_size(self, vocab_size: int) -> NumberVocab:
+        """The same vocabulary padded to the model's output size ``vocab_size``."""
+        token_to_id = _token_to_id(self._tokenizer) if self._tokenizer is not None else None
+        if token_to_id is None:
+            raise ValueError("with_vocab_size needs a vocab built from a tokenizer.")
+        return NumberVocab(token_to_id, self.mode, vocab_size, tokenizer=self._tokenizer)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_number_tokens(self) -> int:
+        return int(self.number_ids.numel())
+
+    def table(self, device: torch.device | str = "cpu") -> NumberTable:
+        """The loss lookup tables on ``device``, built once per device and cached."""
+        device = torch.device(device)
+        cached = self._tables.get(device)
+        if cached is None:
+            values = self.number_values.double()
+            span = float(values.max() - values.min()) if values.numel() else 0.0
+            gaps = (values[:, None] - values[None, :]).abs()
+            gaps = gaps[gaps > 0]
+            min_gap = float(gaps.min()) if gaps.numel() else 1.0
+            cached = NumberTable(
+                values=self.values,
+                is_number=~torch.isnan(self.values),
+                number_ids=self.number_ids,
+                number_values=self.number_values,
+                digit_counts=self.digit_counts,
+                is_dot=self._is_dot,
+                is_minus=self._is_minus,
+                value_span=span,
+                min_gap=min_gap,
+            ).to(device)
+            self._tables[device] = cached
+        return cached
+
+    def require_numbers(self) -> NumberVocab:
+        """Raise a helpful error if this vocabulary has no number tokens; return self."""
+        if self.num_number_tokens == 0:
+            other = "numbers" if self.mode == "digits" else "digits"
+            raise ValueError(
+                f"The tokenizer has no number tokens in mode={self.mode!r}, so the Number Token "
+                f"Loss would see nothing. Use ntl.numbers.split_digits(tokenizer) to make every "
+                f"digit its own token, or try mode={other!r}."
+            )
+        return self
+
+    def coverage(self, texts: Iterable[str], tokenizer: Any = None) -> float:
+        """Share of the ASCII digit characters in ``texts`` that land on number tokens.
+
+        1.0 means the loss sees every digit; T5's ``▁130`` or ``3.5`` pieces in ``digits`` mode
+        lower it. Returns NaN when the texts contain no digits.
+        """
+        tokenizer = tokenizer if tokenizer is not None else self._tokenizer
+        if tokenizer is None:
+            raise ValueError("coverage needs a tokenizer: pass tokenizer=... (built from a mapping).")
+        covered = total = 0
+        for text in texts:
+            for piece in _tokenize(tokenizer, text):
+                digits = len(_DIGIT.findall(piece))
+                total += digits
+                if number_value(piece, self.mode) is not None:
+                    covered += digits
+        return covered / total if total else math.nan
+
+    def __repr__(self) -> str:
+        return (
+            f"NumberVocab(mode={self.mode!r}, vocab_size={self.vocab_size}, "
+            f"number_tokens={self.num_number_tokens})"
+        )
+
+
+# ---------------------------------------------------------------------- tokenizer adapters
+def _token_to_id(tokenizer: Any) -> dict[str, int]:
+    """The ``{token: id}`` mapping of any supported tokenizer kind."""
+    if isinstance(tokenizer, Mapping):
+        return dict(tokenizer)
+    if hasattr(tokenizer, "id_to_piece") and hasattr(tokenizer, "get_piece_size"):  # SentencePiece
+        return {tokenizer.id_to_piece(i): i for i in range(tokenizer.get_piece_size())}
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        raise TypeError(
+            f"Cannot read a vocabulary from {type(tokenizer).__name__}: pass a Hugging Face "
+            "tokenizer, a tokenizers.Tokenizer, a sentencepiece.SentencePieceProcessor or a dict."
+        )
+    try:  # tokenizers.Tokenizer takes with_added_tokens
+        return dict(get_vocab(with_added_tokens=True))
+    except TypeError:
+        return dict(get_vocab())
+
+
+def _tokenize(tokenizer: Any, text: str) -> list[str]:
+    """Token strings of ``text`` for any supported tokenizer kind."""
+    if hasattr(tokenizer, "encode_as_pieces"):  # SentencePiece
+        return list(tokenizer.encode_as_pieces(text))
+    if hasattr(tokenizer, "convert_ids_to_tokens"):  # Hugging Face
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(tokenizer.convert_ids_to_tokens(ids))
+    return list(tokenizer.encode(text, add_special_tokens=False).tokens)  # tokenizers.Tokenizer
+
+
+def load_tokenizer(name_or_path: str | Path) -> Any:
+    """Load a tokenizer from disk as a Hugging Face fast tokenizer; never touches a hub.
+
+    ``name_or_path`` is a folder name under ``../shared/tokenizers`` (``"t5-small"``), a folder, a
+    ``tokenizer.json`` file, a SentencePiece ``.model`` file or a WordPiece ``vocab.txt``.
+    """
+    import transformers
+
+    path = Path(name_or_path)
+    if not path.exists() and (SHARED_TOKENIZERS / str(name_or_path)).exists():
+        path = SHARED_TOKENIZERS / str(name_or_path)
+    if not path.exists():
+        known = sorted(p.name for p in SHARED_TOKENIZERS.iterdir()) if SHARED_TOKENIZERS.exists() else []
+        raise FileNotFoundError(
+            f"No tokenizer at {str(name_or_path)!r}: give a folder, a tokenizer.json, a .model or "
+            f"a vocab.txt file, or one of the shared tokenizers {known}."
+        )
+    if path.is_file() and path.suffix == ".json":
+        return transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
+    if path.is_file() and path.suffix == ".model":
+        return transformers.LlamaTokenizer(vocab_file=str(path))
+    vocab_txt = path if path.is_file() else path / "vocab.txt"
+    if vocab_txt.name == "vocab.txt" and vocab_txt.exists() and not (path / "tokenizer.json").exists():
+        return transformers.BertTokenizer(vocab=str(vocab_txt))
+    return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def split_digits(tokenizer: Any) -> Any:
+    """A copy of a fast tokenizer whose pre-tokenizer splits every digit into its own piece.
+
+    This is the paper's digit-level T5 tokenizer: ``13023.5`` -> ``1 3 0 2 3 . 5``. The digit
+    split is appended after the existing pre-tokenizer so that space markers stay on the space
+    piece (``▁`` ``1`` ``3``), and decoding gives back the original text. Works for Hugging Face
+    fast tokenizers and `tokenizers.Tokenizer`; the input tokenizer is not modified.
+    """
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    clone = copy.deepcopy(tokenizer)
+    backend = clone if isinstance(clone, Tokenizer) else getattr(clone, "backend_tokenizer", None)
+    if backend is None:
+        raise TypeError(
+            f"split_digits needs a fast tokenizer (tokenizers backend), got "
+            f"{type(tokenizer).__name__}; load it with ntl.numbers.load_tokenizer(path)."
+        )
+    digits = pre_tokenizers.Digits(individual_digits=True)
+    old = backend.pre_tokenizer
+    backend.pre_tokenizer = pre_tokenizers.Sequence([old, digits] if old is not None else [digits])
+    return clone
