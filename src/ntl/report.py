@@ -1,0 +1,548 @@
+"""Collect the metrics of a run into results.json, report.md and plots (curves.png, accuracy.png).
+
+Reads ``<run>/<arm>/seed<k>/eval/metrics.json`` and ``log_history.json`` (layout in
+notes/CONTRACTS.md) and writes into ``<run>/``:
+
+* ``results.json``: every seed's metrics as evaluated, plus per-arm aggregates across seeds for
+  every split, metric and module: the mean over seeds with a 95% CI. With two or more seeds the
+  CI is the t-interval across seeds (``mean ± t₀.₉₇₅,ₖ₋₁·s/√k``, ``"ci": "t"``); with one seed it
+  is that seed's bootstrap CI over examples (``"ci": "bootstrap"``).
+* ``report.md``: the main table (rows arm × seed plus one aggregate row per arm; columns split ×
+  {accuracy, log-MAE, log-R², invalid rate}, each ``value [lo, hi]``), per-module tables, the
+  command that produced the report and the machine.
+* ``curves.png``: training CE and NTL against step per arm (the ce arm has no NTL curve).
+* ``accuracy.png``: accuracy and log-MAE per arm and split with CI bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ntl.metrics import METRIC_NAMES, none_to_nan, write_json
+
+__all__ = [
+    "MAIN_METRICS",
+    "SPLIT_ORDER",
+    "build_report",
+    "collect_results",
+    "discover_runs",
+    "order_arms",
+    "aggregate_seeds",
+    "METRIC_BOUNDS",
+    "main_table",
+    "module_tables",
+    "render_markdown",
+    "plot_curves",
+    "plot_accuracy",
+    "machine_info",
+    "add_arguments",
+    "run",
+]
+
+#: Splits in report order; others follow alphabetically.
+SPLIT_ORDER: tuple[str, ...] = ("valid", "interpolate", "extrapolate", "train")
+#: Metrics of the main table, with their column labels.
+MAIN_METRICS: dict[str, str] = {
+    "exact_match": "acc",
+    "log_mae": "log-MAE",
+    "log_r2": "log-R²",
+    "invalid_rate": "invalid",
+}
+#: Natural range of each metric; t-intervals across seeds are clipped to it.
+METRIC_BOUNDS: dict[str, tuple[float, float]] = {
+    "exact_match": (0.0, 1.0),
+    "invalid_rate": (0.0, 1.0),
+    "mae": (0.0, math.inf),
+    "median_ae": (0.0, math.inf),
+    "log_mae": (0.0, math.inf),
+    "r2": (-math.inf, 1.0),
+    "log_r2": (-math.inf, 1.0),
+}
+_SEED_RE = re.compile(r"^seed(\d+)$")
+_CONFIDENCE = 0.95
+
+
+# --------------------------------------------------------------------------------------------
+# discovery and aggregation
+# --------------------------------------------------------------------------------------------
+
+
+def order_arms(arms: Sequence[str], preferred: Sequence[str] = ()) -> list[str]:
+    """Stable arm order: ``ce`` first, then the order of ``preferred`` (e.g. the experiment's
+    arm list), then the rest alphabetically."""
+    rank = {name: i for i, name in enumerate(preferred)}
+    return sorted(set(arms), key=lambda a: (a != "ce", rank.get(a, len(rank)), a))
+
+
+def _order_splits(splits: Sequence[str]) -> list[str]:
+    rank = {name: i for i, name in enumerate(SPLIT_ORDER)}
+    return sorted(set(splits), key=lambda s: (rank.get(s, len(rank)), s))
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _experiment_info(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "experiment.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = _read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _experiment_arms(info: Mapping[str, Any]) -> list[str]:
+    for holder in (info, info.get("profile"), info.get("config")):
+        if isinstance(holder, Mapping) and isinstance(holder.get("arms"), list):
+            return [str(a.get("name", a)) if isinstance(a, Mapping) else str(a)
+                    for a in holder["arms"]]
+    return []
+
+
+def _experiment_command(info: Mapping[str, Any]) -> str | None:
+    for key in ("command", "command_line", "cmd", "argv"):
+        value = info.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        if isinstance(value, list) and value:
+            return shlex.join(str(v) for v in value)
+    return None
+
+
+def discover_runs(run_dir: Path, preferred: Sequence[str] = ()) -> dict[str, dict[int, Path]]:
+    """``{arm: {seed: seed_dir}}`` for every ``<run_dir>/<arm>/seed<k>/`` folder.
+
+    Arms come in :func:`order_arms` order, seeds ascending. A folder counts as an arm when it
+    holds at least one ``seed<k>`` folder.
+    """
+    run_dir = Path(run_dir)
+    found: dict[str, dict[int, Path]] = {}
+    if not run_dir.is_dir():
+        return found
+    for arm_dir in run_dir.iterdir():
+        if not arm_dir.is_dir():
+            continue
+        seeds = {}
+        for seed_dir in arm_dir.iterdir():
+            m = _SEED_RE.match(seed_dir.name)
+            if m and seed_dir.is_dir():
+                seeds[int(m.group(1))] = seed_dir
+        if seeds:
+            found[arm_dir.name] = dict(sorted(seeds.items()))
+    return {arm: found[arm] for arm in order_arms(list(found), preferred)}
+
+
+def _t_quantile(q: float, df: int) -> float:
+    """Student-t quantile (scipy; a 0.975 table as fallback when scipy is missing)."""
+    try:
+        from scipy.stats import t as student_t
+    except ImportError:  # pragma: no cover - scipy is part of the lab extra
+        table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+        if q != 0.975:
+            raise
+        return table[df - 1] if df <= len(table) else 2.2 if df < 30 else 1.96
+    return float(student_t.ppf(q, df))
+
+
+def aggregate_seeds(
+    per_seed: Sequence[Mapping[str, float]],
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> dict[str, Any]:
+    """Aggregate one metric across seeds.
+
+    Args:
+        per_seed: one ``{"value", "lo", "hi"}`` per seed (NaN/None values are skipped).
+        bounds: the metric's natural range (:data:`METRIC_BOUNDS`); the t-interval is clipped
+            to it (an accuracy CI never goes below 0).
+
+    Returns:
+        ``{"value": mean, "lo", "hi", "ci": "t" | "bootstrap" | None, "n_seeds": k,
+        "values": [...]}``. ``k >= 2`` finite values: t-interval across seeds; ``k == 1``: that
+        seed's bootstrap CI; ``k == 0``: NaN.
+    """
+    entries = [none_to_nan(dict(e)) for e in per_seed]
+    finite = [e for e in entries if isinstance(e["value"], (int, float))
+              and math.isfinite(e["value"])]
+    values = [float(e["value"]) for e in finite]
+    k = len(values)
+    out: dict[str, Any] = {"values": [float(e["value"]) for e in entries], "n_seeds": k}
+    if k == 0:
+        out.update(value=math.nan, lo=math.nan, hi=math.nan, ci=None)
+    elif k == 1:
+        out.update(value=values[0], lo=float(finite[0]["lo"]), hi=float(finite[0]["hi"]),
+                   ci="bootstrap")
+    else:
+        mean = sum(values) / k
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
+        half = _t_quantile(0.5 + _CONFIDENCE / 2, k - 1) * sd / math.sqrt(k)
+        lo, hi = max(mean - half, bounds[0]), min(mean + half, bounds[1])
+        out.update(value=mean, lo=lo, hi=hi, ci="t")
+    return out
+
+
+def collect_results(run_dir: Path) -> dict[str, Any]:
+    """Read every seed's ``eval/metrics.json`` under ``run_dir`` and aggregate across seeds.
+
+    Returns the content of ``results.json``::
+
+        {"run_dir", "arms": [...], "splits": [...], "seeds": {arm: [k, ...]},
+         "per_seed": {arm: {"seed<k>": metrics.json content}},
+         "aggregate": {arm: {split: {"overall": {metric: AGG}, "per_module": {module: {metric:
+                                                                                     AGG}}}}},
+         "ci_method": {arm: "t-interval across seeds" | "bootstrap (one seed)"},
+         "missing": ["<arm>/seed<k>", ...]}     # seed folders without eval/metrics.json
+
+    where AGG is :func:`aggregate_seeds`' output.
+
+    Raises:
+        FileNotFoundError: no ``eval/metrics.json`` anywhere under ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    info = _experiment_info(run_dir)
+    runs = discover_runs(run_dir, _experiment_arms(info))
+    per_seed: dict[str, dict[str, Any]] = {}
+    missing: list[str] = []
+    for arm, seeds in runs.items():
+        for seed, seed_dir in seeds.items():
+            path = seed_dir / "eval" / "metrics.json"
+            if path.is_file():
+                per_seed.setdefault(arm, {})[f"seed{seed}"] = none_to_nan(_read_json(path))
+            else:
+                missing.append(f"{arm}/seed{seed}")
+    if not per_seed:
+        raise FileNotFoundError(
+            f"no <arm>/seed<k>/eval/metrics.json under {run_dir} "
+            "(run `ntl eval` first, or check the run directory)"
+        )
+    arms = [a for a in runs if a in per_seed]
+    splits = _order_splits([s for arm in arms for m in per_seed[arm].values() for s in m])
+
+    aggregate: dict[str, Any] = {}
+    ci_method: dict[str, str] = {}
+    for arm in arms:
+        seeds = list(per_seed[arm].values())
+        ci_method[arm] = "t-interval across seeds" if len(seeds) > 1 else "bootstrap (one seed)"
+        aggregate[arm] = {}
+        for split in splits:
+            present = [m[split] for m in seeds if split in m]
+            if not present:
+                continue
+            overall = {
+                name: aggregate_seeds([m["overall"][name] for m in present
+                                       if name in m.get("overall", {})],
+                                      METRIC_BOUNDS[name])
+                for name in METRIC_NAMES
+            }
+            modules = sorted({mod for m in present for mod in m.get("per_module", {})})
+            per_module = {
+                mod: {
+                    name: aggregate_seeds([m["per_module"][mod][name] for m in present
+                                           if name in m.get("per_module", {}).get(mod, {})],
+                                          METRIC_BOUNDS[name])
+                    for name in METRIC_NAMES
+                }
+                for mod in modules
+            }
+            aggregate[arm][split] = {"overall": overall, "per_module": per_module}
+
+    return {
+        "run_dir": str(run_dir),
+        "arms": arms,
+        "splits": splits,
+        "seeds": {arm: [int(s[4:]) for s in per_seed[arm]] for arm in arms},
+        "confidence": _CONFIDENCE,
+        "ci_method": ci_method,
+        "per_seed": {arm: per_seed[arm] for arm in arms},
+        "aggregate": aggregate,
+        "missing": missing,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# markdown
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(entry: Mapping[str, Any] | None, digits: int = 3) -> str:
+    if not entry:
+        return "–"
+    v, lo, hi = (entry.get(k) for k in ("value", "lo", "hi"))
+    if v is None or not math.isfinite(v):
+        return "–"
+    text = f"{v:.{digits}f}"
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main_table(results: Mapping[str, Any]) -> str:
+    """The main markdown table: one row per arm × seed, then one aggregate row per arm."""
+    splits = results["splits"]
+    header = ["arm", "seed"] + [f"{split} {label}" for split in splits
+                                for label in MAIN_METRICS.values()]
+    rows: list[list[str]] = []
+    for arm in results["arms"]:
+        for seed_name, metrics in results["per_seed"][arm].items():
+            row = [arm, seed_name[4:]]
+            for split in splits:
+                overall = metrics.get(split, {}).get("overall", {})
+                row += [_fmt(overall.get(name)) for name in MAIN_METRICS]
+            rows.append(row)
+        k = len(results["per_seed"][arm])
+        row = [f"**{arm}**", f"**mean of {k}**" if k > 1 else "**(1 seed)**"]
+        for split in splits:
+            overall = results["aggregate"][arm].get(split, {}).get("overall", {})
+            row += [_fmt(overall.get(name)) for name in MAIN_METRICS]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def module_tables(results: Mapping[str, Any]) -> str:
+    """Per-module markdown tables (one per split): accuracy and log-MAE per arm, aggregated."""
+    parts = []
+    for split in results["splits"]:
+        arms = [a for a in results["arms"] if split in results["aggregate"][a]]
+        modules = sorted({mod for a in arms
+                          for mod in results["aggregate"][a][split]["per_module"]})
+        if not modules:
+            continue
+        header = ["module"] + [f"{a} {lbl}" for a in arms for lbl in ("acc", "log-MAE")]
+        rows = []
+        for mod in modules:
+            row = [mod]
+            for a in arms:
+                m = results["aggregate"][a][split]["per_module"].get(mod, {})
+                row += [_fmt(m.get("exact_match")), _fmt(m.get("log_mae"))]
+            rows.append(row)
+        parts.append(f"### {split}\n\n{_table(header, rows)}")
+    return "\n\n".join(parts)
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the report was made: platform, CPU count, Python and torch versions."""
+    from importlib import metadata
+
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch_version,
+    }
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The full report.md text for ``results`` (as returned by :func:`collect_results`)."""
+    run_dir = results["run_dir"]
+    lines = [f"# Report: {Path(run_dir).name}", ""]
+    lines.append(f"Produced by: `{results['produced_by']}`  ")
+    if results.get("experiment_command"):
+        lines.append(f"Experiment command: `{results['experiment_command']}`  ")
+    mach = results["machine"]
+    lines.append(
+        f"Machine (report): {mach['platform']}, {mach['cpu_count']} CPUs, "
+        f"Python {mach['python']}, torch {mach['torch']}  "
+    )
+    if results.get("experiment_machine"):
+        lines.append(f"Machine (experiment): {results['experiment_machine']}  ")
+    lines.append("")
+    methods = sorted(set(results["ci_method"].values()))
+    lines.append(
+        "Cells: `value [lo, hi]`, 95% CIs. Seed rows: bootstrap percentile interval over "
+        "examples (resampled with replacement). Aggregate rows: "
+        + ("mean over seeds with a t-interval across seeds"
+           if methods == ["t-interval across seeds"] else
+           "the one seed's bootstrap interval" if methods == ["bootstrap (one seed)"] else
+           "mean with a t-interval across seeds for arms with several seeds, the bootstrap "
+           "interval for arms with one seed")
+        + " (t-intervals clipped to the metric's range, e.g. accuracy in [0, 1])"
+        + ". acc = exact match of the parsed number (invalid counts as wrong); log-MAE and "
+        "log-R² on sign(x)·log10(|x|+1) over valid answers; invalid = share of answers that "
+        "are not a single number."
+    )
+    if results.get("missing"):
+        lines += ["", "Not evaluated (no eval/metrics.json): "
+                  + ", ".join(f"`{m}`" for m in results["missing"])]
+    lines += ["", "## Main results", "", main_table(results), ""]
+    modules = module_tables(results)
+    if modules:
+        lines += ["## Per module (aggregate over seeds)", "", modules, ""]
+    lines += ["## Plots", "", "![training curves](curves.png)", "",
+              "![accuracy and log-MAE](accuracy.png)", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, entry in enumerate(history):
+        y = entry.get(key)
+        if isinstance(y, (int, float)) and math.isfinite(y):
+            xs.append(float(entry.get("step", i)))
+            ys.append(float(y))
+    return xs, ys
+
+
+def plot_curves(histories: Mapping[str, Mapping[int, list[dict[str, Any]]]], path: Path) -> None:
+    """Training CE (left) and NTL (right) against step, one colour per arm, one line per seed.
+
+    ``histories`` is ``{arm: {seed: log_history}}``. The NTL panel leaves out the ``ce`` arm
+    (its loss has no NTL term) and arms that logged no NTL.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_ce, ax_ntl = fig.subplots(1, 2)
+    colors = [f"C{i}" for i in range(10)]
+    for i, (arm, seeds) in enumerate(histories.items()):
+        color = colors[i % len(colors)]
+        for j, hist in enumerate(seeds.values()):
+            label = arm if j == 0 else None
+            xs, ys = _series(hist, "ce")
+            if not xs and arm == "ce":
+                xs, ys = _series(hist, "loss")
+            if xs:
+                ax_ce.plot(xs, ys, color=color, alpha=0.8, lw=1.2, label=label)
+            if arm != "ce":
+                xs, ys = _series(hist, "ntl")
+                if xs:
+                    ax_ntl.plot(xs, ys, color=color, alpha=0.8, lw=1.2, label=label)
+    for ax, title in ((ax_ce, "cross-entropy (training)"), (ax_ntl, "NTL (training)")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    fig.savefig(path, dpi=110)
+
+
+def plot_accuracy(results: Mapping[str, Any], path: Path) -> None:
+    """Grouped bars per split: accuracy (left) and log-MAE (right) per arm, with CI bars."""
+    from matplotlib.figure import Figure
+
+    splits, arms = results["splits"], results["arms"]
+    fig = Figure(figsize=(max(8, 2.2 * len(splits) * 2), 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    width = 0.8 / max(len(arms), 1)
+    for ax, metric, title in ((axes[0], "exact_match", "accuracy (exact match)"),
+                              (axes[1], "log_mae", "log-MAE (lower is better)")):
+        for i, arm in enumerate(arms):
+            xs, ys, err_lo, err_hi = [], [], [], []
+            for s, split in enumerate(splits):
+                agg = results["aggregate"][arm].get(split, {}).get("overall", {}).get(metric)
+                if not agg or not math.isfinite(agg["value"]):
+                    continue
+                v, lo, hi = agg["value"], agg["lo"], agg["hi"]
+                xs.append(s - 0.4 + width * (i + 0.5))
+                ys.append(v)
+                err_lo.append(max(v - lo, 0.0) if math.isfinite(lo) else 0.0)
+                err_hi.append(max(hi - v, 0.0) if math.isfinite(hi) else 0.0)
+            ax.bar(xs, ys, width=width * 0.95, yerr=[err_lo, err_hi], capsize=3,
+                   color=f"C{i % 10}", label=arm)
+        ax.set_xticks(range(len(splits)), splits)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("mean over seeds, 95% CI (t across seeds; bootstrap for one seed)",
+                 fontsize=9)
+    fig.savefig(path, dpi=110)
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+# --------------------------------------------------------------------------------------------
+
+
+def build_report(run_dir: Path, *, plots: bool = True) -> str:
+    """Write results.json, report.md, curves.png and accuracy.png into ``run_dir``.
+
+    Args:
+        run_dir: ``runs/<name>`` (layout in notes/CONTRACTS.md).
+        plots: write the PNG plots (matplotlib, Agg).
+
+    Returns:
+        The main results table as markdown (what ``ntl report`` and ``ntl experiment`` print).
+
+    Raises:
+        FileNotFoundError: no evaluated seed under ``run_dir``.
+    """
+    run_dir = Path(run_dir)
+    results = collect_results(run_dir)
+    info = _experiment_info(run_dir)
+    results["produced_by"] = f"ntl report {shlex.quote(str(run_dir))}"
+    results["experiment_command"] = _experiment_command(info)
+    results["machine"] = machine_info()
+    exp_machine = info.get("machine")
+    if exp_machine:
+        results["experiment_machine"] = (
+            ", ".join(f"{k}: {v}" for k, v in exp_machine.items())
+            if isinstance(exp_machine, Mapping) else str(exp_machine)
+        )
+    # results.json: metadata first, data after
+    ordered = {k: results[k] for k in ("produced_by", "experiment_command", "machine")}
+    ordered.update(results)
+    write_json(run_dir / "results.json", ordered)
+    (run_dir / "report.md").write_text(render_markdown(results), encoding="utf-8")
+    if plots:
+        runs = discover_runs(run_dir, results["arms"])
+        histories: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        for arm in results["arms"]:
+            for seed, seed_dir in runs.get(arm, {}).items():
+                path = seed_dir / "log_history.json"
+                if path.is_file():
+                    hist = _read_json(path)
+                    if isinstance(hist, list):
+                        histories.setdefault(arm, {})[seed] = hist
+        plot_curves(histories, run_dir / "curves.png")
+        plot_accuracy(results, run_dir / "accuracy.png")
+    return main_table(results)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ntl report``."""
+    parser.add_argument("run_dir", type=Path,
+                        help="run directory runs/<name> holding <arm>/seed<k>/eval/metrics.json")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="skip curves.png and accuracy.png (no matplotlib needed)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ntl report RUN_DIR``: write the report files and print the main table."""
+    try:
+        table = build_report(args.run_dir, plots=not args.no_plots)
+    except FileNotFoundError as exc:
+        print(f"ntl report: {exc}", file=sys.stderr)
+        return 1
+    print(table)
+    written = ["results.json", "report.md"] + ([] if args.no_plots else
+                                               ["curves.png", "accuracy.png"])
+    print(f"\nwrote {', '.join(str(Path(args.run_dir) / w) for w in written)}")
+    return 0
