@@ -1,8 +1,8 @@
 """The `ntl` command line: one subcommand per stage, each living in the module that does the work.
 
-Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Modules are
-imported only when their subcommand is built, and keep heavy imports (transformers, matplotlib)
-inside functions, so ``ntl --help`` stays fast.
+Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Only the
+module of the command being run is imported, and modules keep heavy imports (transformers,
+matplotlib) inside functions, so ``ntl --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -23,29 +23,37 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported to add its options."""
     parser = argparse.ArgumentParser(
         prog="ntl",
         description="Number Token Loss: make language models regress numbers instead of "
-        "guessing them. Each subcommand is one stage; `ntl experiment` runs them all.",
+        "guessing them. Each subcommand is one stage; `ntl experiment` runs them all. "
+        "`ntl COMMAND --help` explains a command's options.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(
-            name,
-            help=help_text,
-            description=(module.__doc__ or help_text).strip().splitlines()[0],
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        )
-        module.add_arguments(p)
-        p.set_defaults(_module=module)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if name == command:
+            module = importlib.import_module(module_name)
+            doc = (module.__doc__ or help_text).strip()
+            p.description = doc
+            p.formatter_class = _DocAndDefaults
+            module.add_arguments(p)
+            p.set_defaults(_module=module)
     return parser
 
 
+class _DocAndDefaults(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keep the module docstring's line breaks and show every option's default."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -225,7 +225,7 @@ class NumberVocab:
             raise ValueError("coverage needs a tokenizer: pass tokenizer=... (built from a mapping).")
         covered = total = 0
         for text in texts:
-            for piece in _tokenize(tokenizer, text):
+            for piece in tokenize_pieces(tokenizer, text):
                 digits = len(_DIGIT.findall(piece))
                 total += digits
                 if number_value(piece, self.mode) is not None:
@@ -258,7 +258,7 @@ def _token_to_id(tokenizer: Any) -> dict[str, int]:
         return dict(get_vocab())
 
 
-def _tokenize(tokenizer: Any, text: str) -> list[str]:
+def tokenize_pieces(tokenizer: Any, text: str) -> list[str]:
     """Token strings of ``text`` for any supported tokenizer kind."""
     if hasattr(tokenizer, "encode_as_pieces"):  # SentencePiece
         return list(tokenizer.encode_as_pieces(text))

@@ -433,9 +433,10 @@ def number_level(
     The number tokens of each number in the labels (see `number_spans` for how ``.``, ``-`` and
     separators are treated) are composed by place value into the target ``Y = sum y_t·10^e_t``
     and the prediction ``Ŷ = sum ŷ_t·10^e_t`` (``ŷ_t`` the expected token value). Both take the
-    sign of a preceding ``-`` token. The loss per number is the bounded relative distance
-    ``|Ŷ − Y| / (|Ŷ| + |Y| + offset)`` in [0, 1): relative for large numbers, and, thanks to
-    ``offset``, with a useful gradient at ``Y = 0`` (sMAPE is flat there). With
+    sign of a preceding ``-`` token. With ``d = |Ŷ − Y|`` the loss per number is the bounded
+    relative distance ``d / (d + |Y| + offset)`` in [0, 1): strictly increasing in ``d``,
+    about the relative error ``d/|Y|`` for large numbers, and, thanks to ``offset``, with a
+    useful gradient at ``Y = 0`` (sMAPE ``d / (|Ŷ| + |Y|)`` is flat there). With
     ``reduction="none"`` the loss sits at the first token of each number; ``loss_weights`` are
     read there too; ``mean`` averages over numbers and ``num_items_in_batch`` should count
     numbers (the first tokens).
@@ -462,7 +463,8 @@ def number_level(
     sign = sign.reshape(-1).to(dtype)
     y_num = big_y[flat_id] * sign
     y_hat_num = big_y_hat[flat_id] * sign
-    per_number = (y_hat_num - y_num).abs() / (y_hat_num.abs() + y_num.abs() + offset)
+    distance = (y_hat_num - y_num).abs()
+    per_number = distance / (distance + y_num.abs() + offset)
     if reweigh:
         per_number = _reweigh(per_number, _number_mass(logits, z, dtype), 1.0)
     weights = start.reshape(-1).to(dtype)

@@ -1,0 +1,168 @@
+"""NumberVocab on every real tokenizer, the digit-splitting helper, coverage, `ntl vocab`."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ntl import NumberVocab
+from ntl.numbers import number_value, split_digits, strip_marker
+
+# (folder, digits-mode count, numbers-mode count, sampled {token: value} in numbers mode)
+EXPECTED = [
+    ("t5-small", 19, 619, {"▁7": 7, "7": 7, "▁130": 130, "3.5": 3.5}),
+    ("gpt2", 20, 1691, {"Ġ7": 7, "7": 7, "Ġ130": 130, "45": 45}),
+    ("llama2", 10, 10, {"7": 7, "0": 0}),
+    ("llama3", 10, 1110, {"0": 0, "999": 999, "007": 7, "130": 130}),
+    ("qwen2", 10, 10, {"9": 9}),
+    ("phi-3-mini", 10, 10, {"3": 3}),
+    ("granite-docling", 10, 1110, {"999": 999, "42": 42}),
+    ("mistral-v3", 10, 10, {"5": 5}),
+    ("bert-base-uncased", 20, 937, {"##5": 5, "000": 0, "10": 10}),
+]
+
+
+@pytest.mark.parametrize(("name", "n_digits", "n_numbers", "samples"), EXPECTED)
+def test_number_tokens_of_real_tokenizers(load_tok, name, n_digits, n_numbers, samples):
+    tok = load_tok(name)
+    vocab_map = tok.get_vocab()
+    digits = NumberVocab.from_tokenizer(tok, mode="digits")
+    numbers = NumberVocab.from_tokenizer(tok, mode="numbers")
+    assert digits.num_number_tokens == n_digits
+    assert numbers.num_number_tokens == n_numbers
+    assert digits.vocab_size == numbers.vocab_size == len(tok)
+    # digits mode: exactly the values 0..9, each marker form included
+    assert sorted(set(digits.number_values.tolist())) == list(range(10))
+    for token, value in samples.items():
+        assert numbers.values[vocab_map[token]].item() == value, token
+    # ids sorted, values consistent, digit counts positive on numbers only
+    ids = numbers.number_ids
+    assert torch.all(ids[1:] > ids[:-1])
+    assert torch.equal(numbers.values[ids], numbers.number_values)
+    assert (numbers.digit_counts[ids] > 0).all()
+    assert numbers.digit_counts.sum() == numbers.digit_counts[ids].sum()
+    # non-numbers are NaN
+    assert torch.isnan(numbers.values).sum() == len(tok) - n_numbers
+
+
+def test_llama3_numbers_mode_has_0_to_999(load_tok):
+    vocab = NumberVocab.from_tokenizer(load_tok("llama3"), mode="numbers")
+    assert set(vocab.number_values.tolist()) == {float(i) for i in range(1000)}
+    ids = load_tok("llama3").get_vocab()
+    assert vocab.digit_counts[ids["007"]] == 3 and vocab.digit_counts[ids["7"]] == 1
+
+
+@pytest.mark.parametrize(
+    ("token", "mode", "value"),
+    [
+        ("7", "digits", 7.0), ("▁7", "digits", 7.0), ("Ġ7", "digits", 7.0), (" 7", "digits", 7.0),
+        ("12", "digits", None), ("12", "numbers", 12.0), ("3.5", "numbers", 3.5),
+        ("٣", "digits", None), ("٣", "numbers", None), ("³", "numbers", None),
+        ("inf", "numbers", None), ("nan", "numbers", None), ("1e3", "numbers", None),
+        ("1_000", "numbers", None), ("-5", "numbers", None), (".5", "numbers", None),
+        ("5.", "numbers", None), ("1,000", "numbers", None), ("", "numbers", None),
+    ],
+)
+def test_number_value_rules(token, mode, value):
+    assert number_value(token, mode) == value
+
+
+def test_strip_marker():
+    assert strip_marker("▁130") == "130" and strip_marker("Ġ7") == "7" and strip_marker("##45") == "45"
+
+
+def test_model_vocab_may_be_larger_but_not_smaller(load_tok):
+    tok = load_tok("qwen2")
+    vocab = NumberVocab.from_tokenizer(tok, vocab_size=151_936)
+    assert vocab.vocab_size == 151_936 and vocab.values.shape == (151_936,)
+    assert torch.isnan(vocab.values[151_646:]).all()
+    with pytest.raises(ValueError, match="151000"):
+        NumberVocab.from_tokenizer(tok, vocab_size=151_000)
+
+
+def test_does_not_mutate_tokenizer(load_tok):
+    tok = load_tok("t5-small")
+    before = len(tok)
+    NumberVocab.from_tokenizer(tok)
+    split = split_digits(tok)
+    assert len(tok) == before
+    assert tok.tokenize("12345") == ["▁", "123", "45"]
+    assert split.tokenize("12345") == ["▁", "1", "2", "3", "4", "5"]
+
+
+@pytest.mark.parametrize("name", ["t5-small", "gpt2", "llama3", "granite-docling", "mistral-v3"])
+def test_split_digits_round_trips_and_covers_every_digit(load_tok, name):
+    text = "12345 + 678 = 13023.5 and -0.25"
+    tok = split_digits(load_tok(name))
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    vocab = NumberVocab.from_tokenizer(tok, mode="digits")
+    assert vocab.coverage([text]) == 1.0
+
+
+def test_coverage_reports_missed_digits(load_tok):
+    tok = load_tok("t5-small")
+    # '▁' '123' '45' '▁+' '▁6' '78' -> only '▁6' is a digit token: 1 of 8 digits
+    assert NumberVocab.from_tokenizer(tok, mode="digits").coverage(["12345 + 678"]) == pytest.approx(1 / 8)
+    assert NumberVocab.from_tokenizer(tok, mode="numbers").coverage(["12345 + 678"]) == 1.0
+    assert math.isnan(NumberVocab.from_tokenizer(tok).coverage(["no digits"]))
+
+
+def test_other_tokenizer_kinds(load_tok):
+    import sentencepiece as spm
+    from tokenizers import Tokenizer
+
+    from tests.conftest import TOKENIZERS
+
+    sp = spm.SentencePieceProcessor(model_file=str(TOKENIZERS / "mistral-v3" / "tokenizer.model"))
+    assert NumberVocab.from_tokenizer(sp).num_number_tokens == 10
+    raw = Tokenizer.from_file(str(TOKENIZERS / "gpt2" / "tokenizer.json"))
+    assert NumberVocab.from_tokenizer(raw).num_number_tokens == 20
+    mapping = NumberVocab.from_vocab({"a": 0, "▁3": 1, "4": 2, "44": 3}, mode="numbers")
+    assert mapping.number_values.tolist() == [3.0, 4.0, 44.0]
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        mapping.coverage(["3"])
+
+
+def test_unknown_mode_and_no_numbers_errors():
+    with pytest.raises(ValueError, match="'words'"):
+        NumberVocab.from_vocab({"a": 0}, mode="words")
+    with pytest.raises(ValueError, match="split_digits"):
+        NumberVocab.from_vocab({"a": 0, "b": 1}).require_numbers()
+
+
+def _ntl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ntl.cli", *args], capture_output=True, text=True)
+
+
+def test_vocab_command(tmp_path):
+    out = _ntl("vocab", "--tokenizer", "llama3", "--mode", "numbers")
+    assert out.returncode == 0, out.stderr
+    assert "number tokens  1110" in out.stdout and "0 .. 999" in out.stdout
+    assert "coverage       100.0%" in out.stdout
+
+
+def test_vocab_command_without_number_tokens(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    out = _ntl("vocab", "--tokenizer", str(path))
+    assert out.returncode == 1
+    assert "no number tokens" in out.stderr and "split_digits" in out.stderr and "numbers" in out.stderr
+
+
+def test_import_needs_only_torch():
+    code = (
+        "import sys, ntl; from ntl.losses import functional; "
+        "bad = [m for m in ('transformers', 'tokenizers', 'sentencepiece') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
