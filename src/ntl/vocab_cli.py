@@ -1,6 +1,8 @@
 """Show which tokens of a tokenizer the Number Token Loss sees, their values, and the coverage.
 
-Example: ``ntl vocab --tokenizer t5-small --mode digits --split-digits --text "12345 + 678"``.
+Examples:
+  ntl vocab --tokenizer t5-small --mode digits --split-digits --text "12345 + 678"
+  ntl vocab --table          # every tokenizer in ../shared/tokenizers, as a markdown table
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ DEFAULT_TEXT = "12345 + 678 = 13023.5; -0.25 * 4 = -1"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--tokenizer", required=True,
+        "--tokenizer",
         help="a folder under ../shared/tokenizers (e.g. t5-small, llama3), a tokenizer folder, "
         "a tokenizer.json, a SentencePiece .model or a WordPiece vocab.txt",
     )
@@ -35,11 +37,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sample text for the coverage figure (repeatable); default: a mixed arithmetic line",
     )
     parser.add_argument("--show", type=int, default=30, help="how many number tokens to list")
+    parser.add_argument(
+        "--table", action="store_true",
+        help="instead of one tokenizer, print a markdown table of every tokenizer under "
+        "../shared/tokenizers: number-token counts per mode and coverage of --text",
+    )
+
+
+def tokenizer_table(texts: list[str]) -> str:
+    """Markdown table: each shared tokenizer's number tokens and coverage in both modes."""
+    from ntl.numbers import SHARED_TOKENIZERS, NumberVocab, load_tokenizer, split_digits
+
+    rows = [
+        "| tokenizer | vocab | digit tokens | coverage (digits) | number tokens | coverage (numbers) "
+        "| coverage (split_digits + digits) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for folder in sorted(p for p in SHARED_TOKENIZERS.iterdir() if p.is_dir()):
+        tok = load_tokenizer(folder)
+        digits = NumberVocab.from_tokenizer(tok, mode="digits")
+        numbers = NumberVocab.from_tokenizer(tok, mode="numbers")
+        try:
+            split = f"{NumberVocab.from_tokenizer(split_digits(tok)).coverage(texts):.0%}"
+        except TypeError:  # a slow (python) tokenizer has no pre-tokenizer to extend
+            split = "n/a (slow tokenizer)"
+        rows.append(
+            f"| {folder.name} | {digits.vocab_size} | {digits.num_number_tokens} | "
+            f"{digits.coverage(texts):.0%} | {numbers.num_number_tokens} | "
+            f"{numbers.coverage(texts):.0%} | {split} |"
+        )
+    return "\n".join(rows)
 
 
 def run(args: argparse.Namespace) -> int:
     from ntl.numbers import NumberVocab, load_tokenizer, split_digits, tokenize_pieces
 
+    texts = args.text or [DEFAULT_TEXT]
+    if args.table:
+        print(tokenizer_table(texts))
+        return 0
+    if args.tokenizer is None:
+        print("error: give --tokenizer PATH_OR_NAME (or --table for all shared tokenizers)",
+              file=sys.stderr)
+        return 2
     tokenizer = load_tokenizer(args.tokenizer)
     if args.split_digits:
         tokenizer = split_digits(tokenizer)
@@ -49,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    texts = args.text or [DEFAULT_TEXT]
     values = sorted(set(vocab.number_values.tolist()))
     print(f"tokenizer      {args.tokenizer} ({type(tokenizer).__name__}, {vocab.vocab_size} ids)")
     print(f"mode           {args.mode}{' (digits split)' if args.split_digits else ''}")
