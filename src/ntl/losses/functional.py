@@ -225,6 +225,14 @@ def _distance_matrix(table: NumberTable, squash_factor: float | None, dtype) -> 
     return torch.where(dist == 0, torch.zeros_like(dist), 1 + (dist - gap) * scale)
 
 
+def _max_distance(table: NumberTable, squash_factor: float | None) -> float:
+    """The largest entry of `_distance_matrix`, from host-side scalars (no device sync)."""
+    span, gap = table.value_span, table.min_gap
+    if squash_factor is None or span == 0:
+        return span
+    return squash_factor if span > gap else 1.0
+
+
 def _finish(
     per_token: torch.Tensor,
     *,
@@ -284,7 +292,7 @@ def wasserstein(
         # Row of the distance matrix for each label: label id -> its index among number tokens.
         label_col = torch.searchsorted(table.number_ids, targets.ids).clamp_max(dist.shape[0] - 1)
         per_token = (p * dist[label_col]).sum(-1)
-        max_dist = float(dist.max()) if dist.numel() else 0.0
+        max_dist = _max_distance(table, squash_factor)
     else:
         order = torch.argsort(table.number_values, stable=True)
         v = table.number_values[order].to(dtype)
