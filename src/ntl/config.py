@@ -1,0 +1,312 @@
+"""Experiment profiles: one frozen dataclass value per profile, every field overridable.
+
+- ``quick``: the ``make experiment`` default. Three arms (``ce``, ``ce+ntl-was``, ``ce+ntl-mse``),
+  one seed, a 5.5M-parameter T5 (d_model 128, 3+3 layers; ~1.4M without the embedding) on one
+  module, ``arithmetic__add_or_sub`` at an easy entropy, sized to finish in <= 20 minutes on
+  2 CPU cores with data generation and evaluation (measured figures: notes/quick_profile.md).
+- ``small``: the setting behind README claims: three seeds per arm, three arithmetic modules,
+  longer training (~2 hours on CPU).
+- ``paper``: the paper's T5-base recipe (13 modules, 1.05M steps, batch 32, lr 1e-4, AdamW with
+  weight decay 0.01, reduce-on-plateau, beam 4): for a GPU, documented and runnable, not run in CI.
+
+Override any field with ``--set key=value`` (lists comma-separated, ``none`` for None), e.g.
+``ntl experiment --profile quick --set max_steps=500 --set modules=arithmetic__mul``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_ARMS: tuple[str, ...] = ("ce", "ce+ntl-was", "ce+ntl-mse")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything an experiment needs: data, tokenizer, model, arms, training and evaluation.
+
+    Data fields map onto :class:`ntl.data.mathematics.DataSpec` (``data_seed`` -> ``seed``).
+    Training is counted in optimizer steps (``max_steps`` × ``batch_size`` × ``grad_accum``
+    examples), so arms are compared at equal steps on the same examples in the same order.
+    """
+
+    name: str = "custom"
+    description: str = ""
+    # ---- data (ntl.data.mathematics.DataSpec)
+    modules: tuple[str, ...] = ("arithmetic__add_or_sub",)
+    difficulty: str = "train-easy"
+    entropy: tuple[float, float] | None = None
+    n_train: int = 20_000
+    n_valid: int = 1_000
+    n_interpolate: int = 1_000
+    n_extrapolate: int = 1_000
+    data_seed: int = 0
+    # ---- tokenizer and model
+    tokenizer: str = "t5-small"
+    split_digits: bool = True
+    restrict_vocab: bool = True
+    model: str = "t5-tiny"
+    dropout: float | None = None
+    # ---- arms
+    arms: tuple[str, ...] = DEFAULT_ARMS
+    seeds: tuple[int, ...] = (0,)
+    lam: float = 0.3
+    # ---- training
+    max_steps: int = 2_000
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    lr_scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+    save_steps: int = 500
+    save_total_limit: int | None = 2
+    logging_steps: int = 25
+    eval_steps: int = 0
+    max_source_length: int = 160
+    max_target_length: int = 32
+    bf16: bool = False
+    threads: int | None = None
+    # ---- evaluation
+    eval_splits: tuple[str, ...] = ("valid", "interpolate", "extrapolate")
+    eval_max_examples: int | None = None
+    eval_batch_size: int = 256
+    num_beams: int = 1
+    max_new_tokens: int = 32
+    n_boot: int = 1000
+
+    def data_spec_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`ntl.data.mathematics.DataSpec`."""
+        return {
+            "modules": tuple(self.modules),
+            "difficulty": self.difficulty,
+            "entropy": tuple(self.entropy) if self.entropy is not None else None,
+            "n_train": self.n_train,
+            "n_valid": self.n_valid,
+            "n_interpolate": self.n_interpolate,
+            "n_extrapolate": self.n_extrapolate,
+            "seed": self.data_seed,
+        }
+
+    def data_spec(self) -> Any:
+        """The :class:`ntl.data.mathematics.DataSpec` of this profile."""
+        from ntl.data.mathematics import DataSpec
+
+        return DataSpec(**self.data_spec_kwargs())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Profile:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``KeyError``."""
+        return override(cls(), {k: v for k, v in data.items()})
+
+
+# ---------------------------------------------------------------------- the profiles
+QUICK = Profile(
+    name="quick",
+    description=(
+        "make experiment default: 3 arms x 1 seed, T5 d=128 3+3 layers, arithmetic__add_or_sub "
+        "(easy entropy), 2 CPU cores, <= 20 minutes including data and evaluation"
+    ),
+    modules=("arithmetic__add_or_sub",),
+    difficulty="train-easy",
+    entropy=None,
+    n_train=40_000,
+    n_valid=500,
+    n_interpolate=500,
+    n_extrapolate=500,
+    model="t5-tiny",
+    arms=DEFAULT_ARMS,
+    seeds=(0,),
+    max_steps=1_200,
+    batch_size=64,
+    lr=2e-3,
+    warmup_steps=60,
+    lr_scheduler="linear",
+    save_steps=400,
+    logging_steps=25,
+    eval_batch_size=250,
+    max_new_tokens=24,
+)
+
+SMALL = Profile(
+    name="small",
+    description=(
+        "README claims: 3 arms x 3 seeds, T5 d=128 3+3 layers, three arithmetic modules, "
+        "~2 hours on 2 CPU cores"
+    ),
+    modules=("arithmetic__add_or_sub", "arithmetic__add_sub_multiple", "arithmetic__mul"),
+    difficulty="train-easy",
+    n_train=100_000,
+    n_valid=500,
+    n_interpolate=500,
+    n_extrapolate=500,
+    model="t5-tiny",
+    arms=DEFAULT_ARMS,
+    seeds=(0, 1, 2),
+    max_steps=2_000,
+    batch_size=64,
+    lr=2e-3,
+    warmup_steps=100,
+    save_steps=500,
+    logging_steps=50,
+    eval_batch_size=250,
+)
+
+PAPER = Profile(
+    name="paper",
+    description=(
+        "the paper's recipe (GPU): T5-base, 13 modules, 1.05M steps, batch 32, lr 1e-4, AdamW "
+        "wd 0.01, reduce-on-plateau, beam-4 generation"
+    ),
+    modules=(
+        "algebra__linear_1d",
+        "algebra__linear_1d_composed",
+        "algebra__linear_2d",
+        "algebra__linear_2d_composed",
+        "algebra__sequence_next_term",
+        "arithmetic__add_or_sub",
+        "arithmetic__add_sub_multiple",
+        "arithmetic__mul",
+        "numbers__div_remainder",
+        "numbers__div_remainder_composed",
+        "numbers__place_value",
+        "numbers__round_number",
+        "numbers__round_number_composed",
+    ),
+    difficulty="train",
+    n_train=1_000_000,
+    n_valid=1_000,
+    n_interpolate=10_000,
+    n_extrapolate=10_000,
+    restrict_vocab=False,
+    model="t5-base",
+    dropout=0.1,
+    arms=DEFAULT_ARMS,
+    seeds=(0,),
+    max_steps=1_050_000,
+    batch_size=32,
+    lr=1e-4,
+    weight_decay=0.01,
+    warmup_steps=0,
+    lr_scheduler="reduce_lr_on_plateau",
+    save_steps=10_000,
+    logging_steps=500,
+    eval_steps=10_000,
+    eval_max_examples=2_000,
+    eval_batch_size=128,
+    num_beams=4,
+    max_new_tokens=32,
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, SMALL, PAPER)}
+
+
+# ---------------------------------------------------------------------- overrides
+def get_profile(name: str) -> Profile:
+    """The profile called ``name``; ``KeyError`` naming the known ones otherwise."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise KeyError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}") from None
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Profile)
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` (a string from the command line, or JSON data) to field type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        return _coerce(name, value, non_none[0])
+    if origin is tuple:
+        item_type = args[0] if args else str
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                items = json.loads(text)
+            else:
+                items = [s.strip() for s in text.split(",") if s.strip()]
+        elif isinstance(value, Iterable):
+            items = list(value)
+        else:
+            items = [value]
+        return tuple(_coerce(name, v, item_type) for v in items)
+    if origin is dict or tp is dict:
+        return json.loads(value) if isinstance(value, str) else dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        f = float(str(value).replace("_", "")) if isinstance(value, str) else float(value)
+        if f != int(f):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        return float(value)
+    if tp is str:
+        return str(value)
+    return value
+
+
+def override(profile: Profile, values: Mapping[str, Any]) -> Profile:
+    """A copy of ``profile`` with ``values`` (strings or typed) converted to the field types.
+
+    Raises ``KeyError`` for unknown fields and ``ValueError`` for values that do not convert.
+    """
+    types = _field_types()
+    changes = {}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if key not in types:
+            raise KeyError(f"unknown profile field {key!r}; fields: {', '.join(sorted(types))}")
+        try:
+            changes[key] = _coerce(key, value, types[key])
+        except (TypeError, ValueError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot set {key}={value!r}: {e}") from None
+    return dataclasses.replace(profile, **changes)
+
+
+def parse_sets(items: Iterable[str] | None) -> dict[str, str]:
+    """``["a=1", "b=x,y"]`` -> ``{"a": "1", "b": "x,y"}``; ``ValueError`` on a missing ``=``."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def resolve(name: str | Profile, sets: Iterable[str] | Mapping[str, Any] | None = None) -> Profile:
+    """Profile ``name`` with ``--set`` overrides applied."""
+    profile = get_profile(name) if isinstance(name, str) else name
+    values = dict(sets) if isinstance(sets, Mapping) else parse_sets(sets)
+    return override(profile, values) if values else profile
+
+
+def profile_help() -> str:
+    """One line per profile, for ``--help``."""
+    return "; ".join(f"{p.name}: {p.description}" for p in PROFILES.values())

@@ -1,0 +1,218 @@
+"""The main job: data -> train every arm x seed -> evaluate -> report, resumable.
+
+Usage: ``ntl experiment --profile quick --name NAME [--arms ce ce+ntl-was] [--seeds 0 1]
+[--set key=value ...]``.
+
+Stages, each skipped when its output is complete (so re-running after a kill resumes):
+
+1. data: ``ntl.data.mathematics.generate`` (cached under ``--data-root``);
+2. tokenizer: one digit-level tokenizer for all arms, in ``runs/NAME/tokenizer/``;
+3. train: every arm x seed into ``runs/NAME/<arm>/seed<k>/`` (a killed arm resumes from its last
+   checkpoint; arms are compared at equal optimizer steps on the same examples in the same order);
+4. eval: ``eval/<split>.jsonl`` and ``eval/metrics.json`` per arm x seed;
+5. report: ``results.json``, ``report.md``, ``curves.png``, ``accuracy.png``; the main table is
+   printed.
+
+``runs/NAME/experiment.json`` records the resolved profile, the command line, the machine and
+the stage timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ntl.config import Profile, get_profile, parse_sets, resolve
+from ntl.train import add_profile_arguments
+
+# Fields that may differ between invocations on the same run folder (they select work, they
+# do not change results).
+_SELECTION_FIELDS = ("arms", "seeds", "threads", "description", "eval_batch_size")
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _comparable(profile: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in profile.items() if k not in _SELECTION_FIELDS}
+
+
+def run_experiment(
+    profile: Profile,
+    name: str,
+    *,
+    runs_root: str | os.PathLike[str] = "runs",
+    data_root: str | os.PathLike[str] = "data",
+    command: Sequence[str] | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the experiment ``name`` with ``profile``; return ``experiment.json``.
+
+    Raises ``ValueError`` if ``runs_root/name`` holds an experiment run with a different
+    profile (other than the arm/seed selection): use another ``name``.
+    """
+    import torch
+
+    from ntl.data.mathematics import generate
+    from ntl.evaluate import evaluate_run, is_evaluated
+    from ntl.train import is_trained, prepare_tokenizer, train_arm
+
+    run_dir = Path(runs_root) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    exp_path = run_dir / "experiment.json"
+    info: dict[str, Any] = {}
+    if exp_path.is_file():
+        info = json.loads(exp_path.read_text())
+        old = info.get("profile", {})
+        if _comparable(old) != _comparable(profile.to_dict()):
+            diff = sorted(
+                k
+                for k in set(old) | set(profile.to_dict())
+                if k not in _SELECTION_FIELDS and old.get(k) != profile.to_dict().get(k)
+            )
+            raise ValueError(
+                f"{run_dir} holds an experiment with a different profile (fields: {diff}); "
+                "choose another --name or delete the folder"
+            )
+    if profile.threads:
+        torch.set_num_threads(int(profile.threads))
+    stages: dict[str, Any] = dict(info.get("stages", {}))
+    arms_done = list(dict.fromkeys([*info.get("profile", {}).get("arms", []), *profile.arms]))
+    seeds_done = sorted(set(info.get("profile", {}).get("seeds", [])) | set(profile.seeds))
+    record = {
+        "name": name,
+        "profile": {**profile.to_dict(), "arms": arms_done, "seeds": seeds_done},
+        "command": shlex.join(command) if command else None,
+        "machine": _machine(),
+        "stages": stages,
+    }
+
+    def save() -> None:
+        exp_path.write_text(json.dumps(record, indent=2) + "\n")
+
+    def log(msg: str) -> None:
+        print(f"[ntl experiment] {msg}", flush=True)
+
+    # 1. data
+    t0 = time.time()
+    data_paths = dict(generate(profile.data_spec(), data_root, progress=progress))
+    record["data"] = {k: str(v) for k, v in data_paths.items()}
+    stages["data_s"] = round(time.time() - t0, 1)
+    log(f"data ready in {data_paths['train'].parent} ({stages['data_s']} s)")
+    save()
+
+    # 2. tokenizer (one for all arms)
+    tok_dir = run_dir / "tokenizer"
+    tokenizer = prepare_tokenizer(profile, data_paths, tok_dir)
+    record["tokenizer"] = {"path": str(tok_dir), "size": len(tokenizer)}
+    save()
+
+    # 3. train, 4. eval
+    for seed in profile.seeds:
+        for arm in profile.arms:
+            arm_dir = run_dir / arm / f"seed{seed}"
+            key = f"{arm}/seed{seed}"
+            if not is_trained(arm_dir):
+                log(f"train {key} ({profile.max_steps} steps)")
+                t0 = time.time()
+                summary = train_arm(
+                    profile,
+                    arm,
+                    seed,
+                    arm_dir,
+                    data_paths=data_paths,
+                    tokenizer=tok_dir,
+                    resume=True,
+                    progress=progress,
+                )
+                stages[f"train {key}_s"] = round(time.time() - t0, 1)
+                stages[f"train {key} steps/s"] = summary.get("steps_per_second")
+                save()
+            else:
+                log(f"train {key}: done, skipped")
+            if not is_evaluated(arm_dir, profile.eval_splits):
+                log(f"eval {key}")
+                t0 = time.time()
+                evaluate_run(arm_dir, splits=profile.eval_splits, progress=progress)
+                stages[f"eval {key}_s"] = round(time.time() - t0, 1)
+                save()
+            else:
+                log(f"eval {key}: done, skipped")
+
+    # 5. report
+    if report:
+        from ntl.report import build_report
+
+        t0 = time.time()
+        table = build_report(run_dir)
+        stages["report_s"] = round(time.time() - t0, 1)
+        save()
+        print(table)
+        log(f"report: {run_dir / 'report.md'}")
+    return record
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ntl experiment``."""
+    add_profile_arguments(parser)
+    parser.add_argument(
+        "--name", default=None, help="run name: results go to RUNS_ROOT/NAME (default: the profile name)"
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=None,
+        help="arms to run (default: the profile's), e.g. ce ce+ntl-was ce+ntl-mse",
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="seeds to run (default: the profile's)"
+    )
+    parser.add_argument("--runs-root", default="runs", help="parent folder of run folders")
+    parser.add_argument("--data-root", default="data", help="cache folder for generated data")
+    parser.add_argument("--no-report", action="store_true", help="stop after evaluation")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``ntl experiment``."""
+    values: dict[str, Any] = parse_sets(args.sets)
+    if args.arms:
+        values["arms"] = list(args.arms)
+    if args.seeds:
+        values["seeds"] = list(args.seeds)
+    profile = resolve(get_profile(args.profile), values)
+    from ntl.train import parse_arm
+
+    for arm in profile.arms:
+        parse_arm(arm, profile.lam)  # fail early on a bad arm name
+    run_experiment(
+        profile,
+        args.name or profile.name,
+        runs_root=args.runs_root,
+        data_root=args.data_root,
+        command=["ntl", *sys.argv[1:]] if sys.argv and "ntl" in Path(sys.argv[0]).name else sys.argv,
+        progress=not args.no_progress,
+        report=not args.no_report,
+    )
+    return 0

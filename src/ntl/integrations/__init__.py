@@ -1,0 +1,7 @@
+"""Integrations of the Number Token Loss with training frameworks.
+
+- :mod:`ntl.integrations.hf`: Hugging Face ``transformers.Trainer`` (``NTLTrainer``,
+  ``make_compute_loss_func``), for seq2seq and causal LMs.
+
+Submodules import their framework lazily; ``import ntl.integrations`` needs torch only.
+"""

@@ -1,0 +1,374 @@
+"""Hugging Face ``transformers.Trainer`` glue for ``CE + λ·NTL``.
+
+Two ways in, both for encoder-decoder (labels aligned with the decoder logits) and causal LMs
+(``causal=True``: position ``t`` predicts ``labels[t + 1]``; the shift happens here):
+
+1. **NTLTrainer** — a thin ``Trainer`` subclass (recommended). It counts the number targets of
+   the whole accumulated batch next to Hugging Face's count of label tokens, so gradient
+   accumulation (and multi-process training) reproduces the mean over number tokens of one big
+   batch exactly, and it logs ``ce`` and ``ntl`` next to ``loss`` in ``state.log_history``::
+
+       from ntl import CrossEntropyWithNTL, NumberVocab
+       from ntl.integrations.hf import NTLTrainer
+
+       vocab = NumberVocab.from_tokenizer(tok, vocab_size=model.config.vocab_size)
+       trainer = NTLTrainer(model=model, args=args, train_dataset=ds, data_collator=collate,
+                            ntl_loss=CrossEntropyWithNTL(vocab, ntl="was", lam=0.3))
+       trainer.train()
+
+   ``causal`` defaults to ``not model.config.is_encoder_decoder``.
+
+2. **make_compute_loss_func** — a ``compute_loss_func`` for a plain ``Trainer`` (or any trainer
+   that calls ``compute_loss_func(outputs, labels, num_items_in_batch=...)``)::
+
+       loss_func = make_compute_loss_func(vocab, ntl="was", lam=0.3, causal=True)
+       trainer = Trainer(..., compute_loss_func=loss_func, callbacks=[NTLLogCallback(loss_func)])
+
+   CE is exact. A plain ``Trainer`` passes only the count of label tokens, so the NTL term of
+   each micro-batch is its mean over its own number tokens weighted by its share of the batch's
+   label tokens: exact without gradient accumulation, an approximation with it (exact when every
+   micro-batch has the same share of number tokens). ``NTLTrainer`` is always exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from ntl.losses.modules import CrossEntropyWithNTL, LossOutput
+from ntl.numbers import NumberVocab
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import Trainer, TrainerCallback
+else:  # the classes below subclass these only when transformers is importable
+    try:
+        from transformers import Trainer, TrainerCallback
+    except ImportError:  # pragma: no cover - the library part works without transformers
+        Trainer = object
+        TrainerCallback = object
+
+__all__ = [
+    "NTLLossFunc",
+    "NTLTrainer",
+    "NTLLogCallback",
+    "make_compute_loss_func",
+    "shift_labels",
+    "logits_of",
+    "decoder_inputs_from_labels",
+]
+
+
+def logits_of(outputs: Any) -> torch.Tensor:
+    """The logits of a model output: ``outputs["logits"]``, ``outputs[0]`` or the tensor itself."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, Mapping) or hasattr(outputs, "keys"):
+        if "logits" in outputs:
+            return outputs["logits"]
+    if isinstance(outputs, (tuple, list)) or hasattr(outputs, "to_tuple"):
+        return outputs[0]
+    raise TypeError(f"cannot find logits in model outputs of type {type(outputs).__name__}")
+
+
+def shift_labels(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Causal-LM targets aligned with the logits: ``out[..., t] = labels[..., t + 1]``, and
+    ``ignore_index`` at the last position. (Shifting the labels instead of slicing the logits
+    avoids copying the (B, T, V) logits.)"""
+    return F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+
+
+def decoder_inputs_from_labels(model: Any, labels: torch.Tensor) -> torch.Tensor:
+    """Decoder input ids of an encoder-decoder for ``labels``: the labels shifted right behind
+    ``decoder_start_token_id``, -100 replaced by the pad id (``model.prepare_decoder_input_ids_
+    from_labels`` when the model has it)."""
+    inner = getattr(model, "module", model)  # DDP / DataParallel wrappers
+    prepare = getattr(inner, "prepare_decoder_input_ids_from_labels", None)
+    if callable(prepare):
+        return prepare(labels=labels)
+    config = inner.config
+    start = config.decoder_start_token_id
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    if start is None:
+        raise ValueError("the model config has no decoder_start_token_id; pass decoder_input_ids")
+    shifted = F.pad(labels, (1, 0), value=start)[..., :-1]
+    return shifted.masked_fill(shifted == -100, pad)
+
+
+class NTLLossFunc:
+    """A ``compute_loss_func`` computing ``CE + λ·NTL`` from model outputs and labels.
+
+    Args:
+        loss: the combined loss module (:class:`ntl.CrossEntropyWithNTL`).
+        causal: shift labels by one (decoder-only LMs). ``False`` for encoder-decoders.
+
+    Call: ``(outputs, labels, num_items_in_batch=None, num_number_items=None) -> total`` (0-d).
+    ``outputs`` is a model output with ``logits`` (B, T, V); ``labels`` (B, T) unshifted, -100 =
+    ignore. ``num_items_in_batch`` is the count of non-ignored (shifted, if causal) labels in the
+    whole accumulated batch (what ``Trainer`` passes), ``num_number_items`` the NTL item count of
+    the whole accumulated batch (what :class:`NTLTrainer` passes). When only the first is given,
+    the NTL denominator is estimated from this micro-batch's share (see the module docstring).
+
+    The parts of the last training call (``last``) and their running sums since the last
+    :meth:`pop_means` are kept for logging. A call counts as training when the logits require
+    grad.
+    """
+
+    def __init__(self, loss: CrossEntropyWithNTL, *, causal: bool) -> None:
+        if not isinstance(loss, CrossEntropyWithNTL):
+            raise TypeError(
+                f"loss must be an ntl.CrossEntropyWithNTL, got {type(loss).__name__}; build it "
+                "with CrossEntropyWithNTL(vocab, ntl='was', lam=0.3)"
+            )
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be True (decoder-only) or False (seq2seq), got {causal!r}")
+        self.loss = loss
+        self.causal = causal
+        self.last: LossOutput | None = None
+        self._sums: torch.Tensor | None = None  # (ce, ntl) accumulated over training calls
+
+    @property
+    def ignore_index(self) -> int:
+        return self.loss.ignore_index
+
+    def align(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels aligned with the logits (shifted for causal LMs)."""
+        return shift_labels(labels, self.ignore_index) if self.causal else labels
+
+    def count_items(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(CE items, NTL items)`` of unshifted ``labels`` (after this glue's alignment)."""
+        return self.loss.count_items(self.align(labels))
+
+    def __call__(
+        self,
+        outputs: Any,
+        labels: torch.Tensor | None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        num_number_items: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        if labels is None:
+            raise ValueError(
+                "NTL needs labels: the batch has no 'labels' (check the data collator and "
+                "TrainingArguments.label_names)"
+            )
+        logits = logits_of(outputs)
+        if logits.shape[:-1] != labels.shape:
+            raise ValueError(
+                f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match: "
+                "expected logits (B, T, V) with labels (B, T)"
+            )
+        if logits.shape[-1] != self.loss.vocab_size:
+            raise ValueError(
+                f"logits have {logits.shape[-1]} classes but the NumberVocab has vocab_size="
+                f"{self.loss.vocab_size}; build it with vocab_size=model.config.vocab_size"
+            )
+        aligned = self.align(labels)
+        if num_items_in_batch is not None and num_number_items is None:
+            num_number_items = self._estimate_number_items(aligned, num_items_in_batch)
+        out = self.loss(
+            logits,
+            aligned,
+            num_items_in_batch=num_items_in_batch,
+            num_number_items=num_number_items,
+        )
+        if logits.requires_grad:
+            parts = torch.stack([out.ce.detach().float(), out.ntl.detach().float()])
+            self._sums = parts if self._sums is None else self._sums + parts.to(self._sums.device)
+            self.last = LossOutput(out.total.detach(), out.ce.detach(), out.ntl.detach())
+        return out.total
+
+    def _estimate_number_items(
+        self, aligned: torch.Tensor, num_items_in_batch: torch.Tensor | int
+    ) -> torch.Tensor:
+        local_items, local_numbers = self.loss.count_items(aligned)
+        total = torch.as_tensor(num_items_in_batch, device=aligned.device, dtype=torch.float32)
+        share = total / local_items.float().clamp_min(1)
+        return (local_numbers.float() * share).clamp_min(1)
+
+    def pop_means(self, steps: int) -> dict[str, float]:
+        """``{"ce", "ntl"}`` summed since the last call, divided by ``steps`` optimizer steps
+        (the same averaging as the Trainer's ``loss``); resets the sums. ``{}`` if none."""
+        if self._sums is None or steps <= 0:
+            return {}
+        ce, ntl = (self._sums / steps).tolist()
+        self._sums = None
+        return {"ce": ce, "ntl": ntl}
+
+    def reset(self) -> None:
+        """Forget the running sums (e.g. at the start of training)."""
+        self._sums = None
+
+
+def make_compute_loss_func(
+    vocab: NumberVocab,
+    ntl: str = "was",
+    lam: float = 0.3,
+    *,
+    causal: bool,
+    ignore_index: int = -100,
+    **ntl_options: Any,
+) -> NTLLossFunc:
+    """``compute_loss_func`` for ``transformers.Trainer``: ``CE + lam·NTL-<ntl>``.
+
+    Args:
+        vocab: number vocabulary with ``vocab_size == model.config.vocab_size``.
+        ntl: NTL variant, a name from ``ntl.losses.functional.LOSSES`` (``"was"``, ``"mse"``...).
+        lam: weight of the NTL term (``0`` = plain CE, NTL still logged).
+        causal: ``True`` for decoder-only LMs (labels shifted by one here), ``False`` for
+            encoder-decoders. Required: a wrong alignment trains silently on the wrong targets.
+        ignore_index: label value to skip.
+        **ntl_options: passed to the NTL function (``reweigh``, ``squash_factor``, ...).
+    """
+    return NTLLossFunc(
+        CrossEntropyWithNTL(vocab, ntl=ntl, lam=lam, ignore_index=ignore_index, **ntl_options),
+        causal=causal,
+    )
+
+
+class NTLLogCallback(TrainerCallback):
+    """Adds ``ce`` and ``ntl`` (averaged over the logging interval) to every training log of a
+    plain ``Trainer`` that uses ``loss_func`` as its ``compute_loss_func``. Single process."""
+
+    def __init__(self, loss_func: NTLLossFunc) -> None:
+        self.loss_func = loss_func
+        self._last_step: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self._last_step = state.global_step
+        self.loss_func.reset()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
+        if logs is None or "loss" not in logs:
+            return
+        last = self._last_step if self._last_step is not None else 0
+        parts = self.loss_func.pop_means(state.global_step - last)
+        self._last_step = state.global_step
+        logs.update(parts)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(parts)
+
+
+class NTLTrainer(Trainer):
+    """``transformers.Trainer`` whose loss is ``CE + λ·NTL``, exact under gradient accumulation.
+
+    Args:
+        *args, **kwargs: as for ``Trainer`` (``compute_loss_func`` must not be given).
+        ntl_loss: the loss, ``CrossEntropyWithNTL(vocab, ntl="was", lam=0.3)``.
+        causal: shift labels for decoder-only models; default ``not
+            model.config.is_encoder_decoder``.
+
+    What it changes, and nothing else:
+
+    - ``get_batch_samples`` also counts the NTL items (number-target tokens, or numbers for
+      ``number-level``) of the whole accumulated batch, summed over processes, and
+      ``compute_loss`` hands that count to the loss, so the NTL term is the mean over the
+      accumulated batch's number tokens (as ``num_items_in_batch`` does for CE);
+    - label-token counting follows ``causal`` (``labels[..., 1:]`` for causal LMs);
+    - ``log`` adds ``ce`` and ``ntl``, averaged over the logging interval like ``loss``.
+
+    ``Seq2SeqTrainer`` users can mix it in: ``class T(NTLTrainer, Seq2SeqTrainer): pass``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        ntl_loss: CrossEntropyWithNTL,
+        causal: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if Trainer is object:  # pragma: no cover
+            raise ImportError("NTLTrainer needs transformers: pip install transformers")
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError("NTLTrainer computes the loss itself; do not pass compute_loss_func")
+        super().__init__(*args, **kwargs)
+        if causal is None:
+            if self.model is None:
+                raise ValueError("pass causal=True/False when the Trainer has no model yet")
+            causal = not bool(getattr(self.model.config, "is_encoder_decoder", False))
+        if isinstance(ntl_loss, torch.nn.Module):
+            ntl_loss = ntl_loss.to(self.args.device)
+        self.ntl_loss_func = NTLLossFunc(ntl_loss, causal=causal)
+        self.causal = causal
+        # Read by Trainer._get_num_items_in_batch: count CE items over labels[..., 1:] for causal
+        # LMs, all labels for seq2seq, whatever the model's loss_type says.
+        self._loss_shifts_labels = causal
+        self.compute_loss_func = self._compute_loss_with_counts
+        self._num_number_items: torch.Tensor | None = None
+        self._current_number_items: torch.Tensor | None = None
+        self._ntl_last_logged_step: int | None = None
+
+    # -- counting -----------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """As ``Trainer.get_batch_samples``, plus the NTL item count of the fetched batches."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._num_number_items = self._count_number_items(batch_samples, device)
+        return batch_samples, num_items_in_batch
+
+    def _count_number_items(self, batch_samples: list, device: Any) -> torch.Tensor | None:
+        if not batch_samples or "labels" not in batch_samples[0]:
+            return None
+        total = None
+        for batch in batch_samples:
+            labels = batch.get("labels")
+            if not isinstance(labels, torch.Tensor):
+                return None
+            _, n = self.ntl_loss_func.count_items(labels)
+            total = n if total is None else total + n.to(total.device)
+        total = total.to(device)
+        if self.args.average_tokens_across_devices:
+            if self.args.world_size > 1:
+                total = self.accelerator.gather(total).sum()
+        elif self.args.n_gpu > 1:
+            total = total // self.args.n_gpu
+        divisor = 1
+        for name in ("get_tp_size", "get_cp_size", "get_sp_size"):
+            fn = getattr(self, name, None)
+            divisor *= int(fn()) if callable(fn) else 1
+        return total / divisor if divisor != 1 else total
+
+    # -- loss -------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """``Trainer.compute_loss`` with the NTL item count of the current accumulated batch."""
+        if num_items_in_batch is None:
+            self._current_number_items = None
+        elif model.training:
+            self._current_number_items = self._num_number_items
+            if self._ntl_last_logged_step is None:
+                self._ntl_last_logged_step = self.state.global_step
+        else:  # evaluation: one batch is the whole "accumulated batch"
+            labels = inputs.get("labels")
+            self._current_number_items = (
+                self.ntl_loss_func.count_items(labels)[1] if labels is not None else None
+            )
+        if not self.causal and "labels" in inputs and "decoder_input_ids" not in inputs:
+            # The Trainer pops the labels before the forward when a compute_loss_func is set, so
+            # an encoder-decoder would get no decoder inputs: build them as the model would.
+            inputs = {**inputs, "decoder_input_ids": decoder_inputs_from_labels(model, inputs["labels"])}
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+
+    def _compute_loss_with_counts(self, outputs, labels, num_items_in_batch=None):
+        return self.ntl_loss_func(
+            outputs,
+            labels,
+            num_items_in_batch=num_items_in_batch,
+            num_number_items=self._current_number_items if num_items_in_batch is not None else None,
+        )
+
+    # -- logging ----------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """``Trainer.log`` plus ``ce`` and ``ntl`` on training logs (those with ``loss``)."""
+        if "loss" in logs and self.ntl_loss_func._sums is not None:
+            last = self._ntl_last_logged_step
+            steps = self.state.global_step - (last if last is not None else 0)
+            sums = self.ntl_loss_func._sums
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                sums = self.accelerator.gather(sums[None]).mean(0)
+                sums = sums * (self.accelerator.num_processes // max(1, self.get_tp_size()))
+            self.ntl_loss_func._sums = sums
+            logs.update(self.ntl_loss_func.pop_means(steps))
+            self._ntl_last_logged_step = self.state.global_step
+        super().log(logs, start_time)

@@ -1,0 +1,494 @@
+"""Train one arm of an experiment (ce, ce+ntl-was, ...) with the Hugging Face Trainer.
+
+Usage: ``ntl train --out runs/NAME/ARM/seedK --arm ce+ntl-was --seed K [--profile quick]
+[--set key=value ...] [--resume]``.
+
+The loss is ``CE + λ·NTL`` through :class:`ntl.integrations.hf.NTLTrainer`. Arms by name: ``ce``
+(λ = 0; NTL-WAS is still computed and logged), ``ce+ntl-<loss>`` for any loss in
+``ntl.losses.functional.LOSSES`` (``was``, ``mse``, ``mae``, ``huber``, ``number-level``), with an
+optional λ suffix ``ce+ntl-was@0.8``. Every arm with the same seed sees the same examples in the
+same order (the order is a function of the seed only) and starts from the same weights.
+
+Writes into ``--out`` (layout in notes/CONTRACTS.md): ``train_config.json`` (written first),
+``tokenizer/`` (unless a prepared tokenizer is given), ``checkpoint-<step>/`` (safetensors,
+optimizer, scheduler and RNG states), ``final/`` (model + tokenizer), ``log_history.json`` and
+``train_summary.json`` (steps, runtime; its presence marks a finished run). ``--resume``
+continues a killed run from its last checkpoint and ends with the same weights as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ntl.config import PROFILES, Profile, get_profile, parse_sets, profile_help, resolve
+
+TOKENIZER_RECIPE = "ntl_tokenizer.json"
+_ARM_RE = re.compile(r"^ce(?:\+ntl-(?P<loss>[a-z0-9_-]+?))?(?:@(?P<lam>[0-9.eE+-]+))?$")
+
+
+# ---------------------------------------------------------------------- arms
+@dataclass(frozen=True)
+class Arm:
+    """A parsed arm name: the NTL variant and its weight λ (0 for the CE baseline)."""
+
+    name: str
+    ntl: str
+    lam: float
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.lam == 0.0
+
+
+def parse_arm(name: str, default_lam: float = 0.3) -> Arm:
+    """Parse ``ce`` | ``ce+ntl-<loss>`` | ``ce+ntl-<loss>@<lam>`` into an :class:`Arm`.
+
+    The ``ce`` arm computes NTL-WAS with λ = 0 so its NTL curve can be compared.
+    """
+    from ntl.losses.functional import LOSSES
+
+    m = _ARM_RE.match(name.strip())
+    if m is None:
+        raise ValueError(f"arm {name!r} is not 'ce' or 'ce+ntl-<loss>[@lam]' with <loss> in {sorted(LOSSES)}")
+    loss = m.group("loss")
+    if loss is None:
+        if m.group("lam") is not None:
+            raise ValueError(f"arm {name!r}: the ce arm takes no λ")
+        return Arm(name, "was", 0.0)
+    if loss not in LOSSES:
+        raise ValueError(f"arm {name!r}: unknown NTL {loss!r}; choose one of {sorted(LOSSES)}")
+    lam = float(m.group("lam")) if m.group("lam") is not None else float(default_lam)
+    if lam < 0:
+        raise ValueError(f"arm {name!r}: λ must be >= 0")
+    return Arm(name, loss, lam)
+
+
+# ---------------------------------------------------------------------- tokenizer
+def _generic_fast(tokenizer: Any) -> Any:
+    """The same tokenizer as a generic ``PreTrainedTokenizerFast``, so that saving and reloading
+    (``AutoTokenizer``) keeps its pre-tokenizer: model-specific classes such as ``T5Tokenizer``
+    rebuild their own pre-tokenizer on load and would silently drop the digit split."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    specials = {
+        name: getattr(tokenizer, name)
+        for name in ("pad_token", "eos_token", "unk_token", "bos_token")
+        if getattr(tokenizer, name, None) is not None
+    }
+    out = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+    if out.pad_token is None and out.eos_token is not None:
+        out.pad_token = out.eos_token
+    return out
+
+
+def load_prepared_tokenizer(path: str | os.PathLike[str]) -> Any:
+    """Load a tokenizer saved by :func:`prepare_tokenizer` (or a ``final/`` model folder)."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+
+
+def prepare_tokenizer(
+    profile: Profile,
+    data_paths: Mapping[str, Path] | None,
+    save_dir: str | os.PathLike[str] | None = None,
+) -> Any:
+    """The experiment's one tokenizer: ``profile.tokenizer`` made digit-level
+    (``split_digits``) and, with ``restrict_vocab``, restricted to the pieces of the data.
+
+    If ``save_dir`` already holds a tokenizer prepared with the same recipe, it is loaded;
+    otherwise the new one is saved there (with ``ntl_tokenizer.json`` describing the recipe).
+    A ``profile.tokenizer`` that is a folder with ``ntl_tokenizer.json`` is used as it is.
+    """
+    from ntl.numbers import load_tokenizer, split_digits
+
+    given = Path(profile.tokenizer)
+    if (given / TOKENIZER_RECIPE).is_file():
+        return load_prepared_tokenizer(given)
+    recipe = {
+        "base": profile.tokenizer,
+        "split_digits": profile.split_digits,
+        "restrict_vocab": profile.restrict_vocab,
+        "data": _data_identity(data_paths) if profile.restrict_vocab else None,
+    }
+    if save_dir is not None and (Path(save_dir) / TOKENIZER_RECIPE).is_file():
+        stored = json.loads((Path(save_dir) / TOKENIZER_RECIPE).read_text())
+        if stored.get("recipe") == recipe:
+            return load_prepared_tokenizer(save_dir)
+    tok = load_tokenizer(profile.tokenizer)
+    if profile.split_digits:
+        tok = split_digits(tok)
+    tok = _generic_fast(tok)
+    if profile.restrict_vocab:
+        if not data_paths:
+            raise ValueError("restrict_vocab needs the data splits to read the used pieces from")
+        from ntl.data.collate import restrict_tokenizer
+        from ntl.data.mathematics import load_split
+
+        texts: list[str] = []
+        for path in data_paths.values():
+            if Path(path).is_file():
+                for r in load_split(path):
+                    texts.append(str(r["question"]))
+                    texts.append(str(r["answer"]))
+        tok = restrict_tokenizer(tok, texts)
+    if save_dir is not None:
+        save_dir = Path(save_dir)
+        tmp = save_dir.with_name(save_dir.name + f".tmp-{os.getpid()}")
+        tok.save_pretrained(str(tmp))
+        (tmp / TOKENIZER_RECIPE).write_text(
+            json.dumps({"recipe": recipe, "vocab_size": len(tok)}, indent=2) + "\n"
+        )
+        if save_dir.exists():
+            import shutil
+
+            shutil.rmtree(save_dir)
+        os.replace(tmp, save_dir)
+    return tok
+
+
+def _data_identity(data_paths: Mapping[str, Path] | None) -> str | None:
+    if not data_paths:
+        return None
+    first = Path(next(iter(data_paths.values())))
+    return first.parent.name
+
+
+# ---------------------------------------------------------------------- helpers
+def resolve_data(profile: Profile, data_dir: str | os.PathLike[str] | None, data_root: str) -> dict:
+    """Split paths: from ``data_dir`` (a folder with ``<split>.jsonl``) or generated from the
+    profile's :class:`DataSpec` under ``data_root`` (cached)."""
+    if data_dir is not None:
+        d = Path(data_dir)
+        paths = {p.stem: p for p in sorted(d.glob("*.jsonl"))}
+        if "train" not in paths:
+            raise FileNotFoundError(f"no train.jsonl in {d}")
+        return paths
+    from ntl.data.mathematics import generate
+
+    return dict(generate(profile.data_spec(), data_root, progress=True))
+
+
+def device_kind() -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def last_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
+    """The ``checkpoint-<step>`` folder with the highest step that holds a trainer state."""
+    best = None
+    for p in Path(out_dir).glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and p.is_dir() and (p / "trainer_state.json").is_file():
+            if best is None or int(m.group(1)) > best[0]:
+                best = (int(m.group(1)), p)
+    return best[1] if best else None
+
+
+def is_trained(out_dir: str | os.PathLike[str]) -> bool:
+    """True when ``out_dir`` holds a finished run (``train_summary.json`` and ``final/``)."""
+    out = Path(out_dir)
+    return (out / "train_summary.json").is_file() and (out / "final").is_dir()
+
+
+def _training_arguments(profile: Profile, out_dir: Path, seed: int, progress: bool, has_eval: bool):
+    from transformers import TrainingArguments
+
+    cpu = device_kind() == "cpu"
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(out_dir),
+        max_steps=profile.max_steps,
+        per_device_train_batch_size=profile.batch_size,
+        per_device_eval_batch_size=profile.eval_batch_size,
+        gradient_accumulation_steps=profile.grad_accum,
+        learning_rate=profile.lr,
+        weight_decay=profile.weight_decay,
+        warmup_steps=profile.warmup_steps,
+        lr_scheduler_type=profile.lr_scheduler,
+        max_grad_norm=profile.max_grad_norm,
+        optim="adamw_torch",
+        logging_steps=profile.logging_steps,
+        save_strategy="steps",
+        save_steps=profile.save_steps,
+        save_total_limit=profile.save_total_limit,
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="sequential",  # the order is fixed by the dataset (epoch_order)
+        dataloader_num_workers=0,
+        report_to="none",
+        use_cpu=cpu,
+        bf16=bool(profile.bf16) and not cpu,
+        disable_tqdm=not progress,
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+    )
+    if has_eval:
+        kwargs.update(eval_strategy="steps", eval_steps=profile.eval_steps)
+        if profile.lr_scheduler == "reduce_lr_on_plateau":
+            kwargs.update(metric_for_best_model="loss", greater_is_better=False)
+    return TrainingArguments(**kwargs)
+
+
+def _history_rows(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    keys = ("step", "loss", "ce", "ntl", "learning_rate", "epoch", "grad_norm")
+    rows = []
+    for entry in log_history:
+        if "loss" in entry:
+            rows.append({k: entry[k] for k in keys if k in entry})
+        elif "eval_loss" in entry:
+            rows.append({k: entry[k] for k in ("step", "eval_loss", "epoch") if k in entry})
+    return rows
+
+
+# ---------------------------------------------------------------------- training
+def train_arm(
+    profile: Profile,
+    arm: str,
+    seed: int,
+    out_dir: str | os.PathLike[str],
+    *,
+    data_paths: Mapping[str, Path],
+    tokenizer: Any = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``arm`` with ``seed`` on ``data_paths["train"]`` into ``out_dir``.
+
+    Args:
+        profile: the experiment profile (model, steps, optimizer, logging, checkpoints).
+        arm: arm name (see :func:`parse_arm`).
+        seed: seed of the weights and of the data order.
+        out_dir: the arm's run folder, ``runs/<name>/<arm>/seed<k>``.
+        data_paths: ``{split: jsonl path}``; ``train`` is required, ``valid`` is used for
+            in-training evaluation when ``profile.eval_steps > 0``.
+        tokenizer: a prepared tokenizer (object or folder); ``None`` prepares one into
+            ``out_dir/tokenizer``. All arms of an experiment should get the same one.
+        resume: continue from the last checkpoint in ``out_dir`` (if any).
+        overwrite: allow starting over in a folder that already has checkpoints.
+        progress: show the Trainer's progress bar.
+
+    Returns:
+        The content of ``train_summary.json``.
+    """
+    import torch
+    import transformers
+
+    from ntl.data.collate import Collator, EncodedDataset, encode, epoch_order, pad_id
+    from ntl.data.mathematics import load_split
+    from ntl.integrations.hf import NTLTrainer
+    from ntl.losses.modules import CrossEntropyWithNTL
+    from ntl.models import build_model, count_parameters, model_spec, model_vocab_size
+    from ntl.numbers import NumberVocab
+
+    out = Path(out_dir)
+    spec = parse_arm(arm, profile.lam)
+    if is_trained(out) and not overwrite:
+        return json.loads((out / "train_summary.json").read_text())
+    checkpoint = last_checkpoint(out)
+    if checkpoint is not None and not (resume or overwrite):
+        raise FileExistsError(
+            f"{out} already has checkpoints (last: {checkpoint.name}); pass --resume to continue "
+            "the run or --overwrite to start over"
+        )
+    if overwrite and not resume:
+        checkpoint = None
+    out.mkdir(parents=True, exist_ok=True)
+    if profile.threads:
+        torch.set_num_threads(int(profile.threads))
+    transformers.logging.set_verbosity_error()
+
+    # tokenizer, shared by all arms
+    if tokenizer is None:
+        tokenizer = prepare_tokenizer(profile, data_paths, out / "tokenizer")
+        tokenizer_path = out / "tokenizer"
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer_path = Path(tokenizer)
+        tokenizer = load_prepared_tokenizer(tokenizer_path)
+    else:
+        tokenizer_path = None
+
+    # model (same weights for every arm with this seed)
+    mspec = model_spec(profile.model, dropout=profile.dropout)
+    causal = not mspec.is_encoder_decoder
+    vocab_size = model_vocab_size(tokenizer)
+    transformers.set_seed(seed)
+    model = build_model(mspec, vocab_size, tokenizer=tokenizer, seed=seed)
+    vocab = NumberVocab.from_tokenizer(tokenizer, mode="digits", vocab_size=vocab_size)
+    loss = CrossEntropyWithNTL(vocab, ntl=spec.ntl, lam=spec.lam)
+
+    # data: a fixed, seed-determined order of examples, read sequentially
+    records = load_split(data_paths["train"])
+    enc_kwargs = dict(
+        max_source_length=profile.max_source_length, max_target_length=profile.max_target_length
+    )
+    features = encode(records, tokenizer, causal=causal, **enc_kwargs)
+    total = profile.max_steps * profile.batch_size * profile.grad_accum
+    train_ds = EncodedDataset(features, epoch_order(len(features), total, seed))
+    eval_ds = None
+    if profile.eval_steps and "valid" in data_paths:
+        valid = load_split(data_paths["valid"])[: profile.eval_max_examples or None]
+        eval_ds = EncodedDataset(encode(valid, tokenizer, causal=causal, **enc_kwargs))
+
+    config = {
+        "arm": spec.name,
+        "ntl": spec.ntl,
+        "lam": spec.lam,
+        "seed": seed,
+        "profile": profile.to_dict(),
+        "data": {k: str(Path(v).resolve()) for k, v in data_paths.items()},
+        "tokenizer": str(tokenizer_path.resolve()) if tokenizer_path else None,
+        "tokenizer_size": len(tokenizer),
+        "model": profile.model,
+        "model_spec": mspec.__dict__,
+        "model_vocab_size": vocab_size,
+        "causal": causal,
+        "parameters": count_parameters(model),
+        "number_tokens": vocab.number_tokens,
+        "n_train_records": len(records),
+        "n_train_examples_seen": total,
+        "device": device_kind(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    (out / "train_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    args = _training_arguments(profile, out, seed, progress, eval_ds is not None)
+    trainer = NTLTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=Collator(pad_id(tokenizer)),
+        processing_class=tokenizer,
+        ntl_loss=loss,
+        causal=causal,
+    )
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    elapsed = time.time() - start
+
+    final = out / "final"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    history = _history_rows(trainer.state.log_history)
+    (out / "log_history.json").write_text(json.dumps(history, indent=1) + "\n")
+    steps_run = trainer.state.global_step - (_step_of(checkpoint) if checkpoint else 0)
+    summary = {
+        "arm": spec.name,
+        "seed": seed,
+        "global_step": trainer.state.global_step,
+        "resumed_from": checkpoint.name if checkpoint else None,
+        "steps_this_session": steps_run,
+        "runtime_s_this_session": round(elapsed, 2),
+        "steps_per_second": round(steps_run / elapsed, 3) if elapsed > 0 else None,
+        "train_loss": result.training_loss,
+        "final_log": history[-1] if history else None,
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[-1])
+
+
+# ---------------------------------------------------------------------- CLI
+def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--profile`` and ``--set``, shared by train, eval and experiment."""
+    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES), help=profile_help())
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a profile field (repeatable), e.g. --set max_steps=500 "
+        "--set modules=arithmetic__add_or_sub,arithmetic__mul; see ntl.config.Profile",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ntl train``."""
+    parser.add_argument("--out", required=True, help="the arm's run folder, runs/<name>/<arm>/seed<k>")
+    parser.add_argument(
+        "--arm", default="ce+ntl-was", help="ce | ce+ntl-<loss>[@lam], loss in was/mse/mae/huber/number-level"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and data order")
+    add_profile_arguments(parser)
+    parser.add_argument(
+        "--model", default=None, help="model size (profile field `model`), e.g. t5-tiny, llama-tiny"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer: a name under ../shared/tokenizers (made digit-level), a folder, or a "
+        "prepared tokenizer folder (with ntl_tokenizer.json) used as is; default: the profile's",
+    )
+    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (profile `max_steps`)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="batch size per step (profile `batch_size`)"
+    )
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (profile `lr`)")
+    parser.add_argument("--lam", type=float, default=None, help="NTL weight λ (profile `lam`)")
+    parser.add_argument(
+        "--data-dir", default=None, help="folder with <split>.jsonl; default: generate the profile's data"
+    )
+    parser.add_argument("--data-root", default="data", help="cache folder for generated data")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--overwrite", action="store_true", help="start over even if --out has checkpoints")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def profile_from_args(args: argparse.Namespace) -> Profile:
+    """The profile with ``--set`` and the explicit flags applied (flags win)."""
+    values: dict[str, Any] = parse_sets(getattr(args, "sets", []))
+    for flag, key in (
+        ("model", "model"),
+        ("tokenizer", "tokenizer"),
+        ("max_steps", "max_steps"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("lam", "lam"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            values[key] = value
+    return resolve(get_profile(args.profile), values)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``ntl train``."""
+    profile = profile_from_args(args)
+    data_paths = resolve_data(profile, args.data_dir, args.data_root)
+    summary = train_arm(
+        profile,
+        args.arm,
+        args.seed,
+        args.out,
+        data_paths=data_paths,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))
