@@ -98,7 +98,7 @@ def _make_spec(
     dist = None
     if kind == "was":
         dist = functional._distance_matrix(table, squash_factor, dtype)
-        max_dist = float(dist.max()) if dist.numel() else 0.0
+        max_dist = functional._max_distance(table, squash_factor)  # host scalars, no sync
     else:
         if squash_factor is not None:
             raise ValueError(f"squash_factor applies to ntl='was' only, got ntl={kind!r}.")
