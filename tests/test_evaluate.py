@@ -1,0 +1,109 @@
+"""`ntl eval`: generation -> parsed numbers -> metrics; deterministic for a saved checkpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import ntl.evaluate as evaluate
+from ntl.config import resolve
+from ntl.evaluate import evaluate_run, is_evaluated, select_examples
+from ntl.train import train_arm
+
+SPLITS = ("valid", "interpolate", "extrapolate")
+
+
+def _write(path: Path, records: list[dict]) -> None:
+    with path.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+@pytest.fixture(scope="module")
+def data_paths(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    paths = {}
+    for split, n in {"train": 128, "valid": 20, "interpolate": 20, "extrapolate": 12}.items():
+        recs = []
+        for i in range(n):
+            a, b = rng.randint(0, 50), rng.randint(0, 50)
+            module = "arithmetic__add_or_sub" if i % 2 else "arithmetic__mul"
+            recs.append({"module": module, "question": f"What is {a} + {b}?",
+                         "answer": str(a + b), "split": split})
+        paths[split] = d / f"{split}.jsonl"
+        _write(paths[split], recs)
+    return paths
+
+
+@pytest.fixture(scope="module", params=["t5-micro", "llama-micro"])
+def trained(request, tmp_path_factory, data_paths) -> Path:
+    profile = resolve(
+        "quick",
+        {"model": request.param, "max_steps": 20, "batch_size": 16, "lr": 1e-2, "warmup_steps": 0,
+         "save_steps": 20, "logging_steps": 10, "threads": 1, "eval_batch_size": 8,
+         "max_new_tokens": 8, "n_boot": 50},
+    )
+    out = tmp_path_factory.mktemp(request.param) / "ce" / "seed0"
+    train_arm(profile, "ce", 0, out, data_paths=data_paths, progress=False)
+    return out
+
+
+def test_eval_writes_predictions_and_metrics_deterministically(trained):
+    first = evaluate_run(trained, progress=False)
+    assert set(first) == set(SPLITS)
+    assert is_evaluated(trained, SPLITS)
+    files = {s: (trained / "eval" / f"{s}.jsonl").read_text() for s in SPLITS}
+    metrics_text = (trained / "eval" / "metrics.json").read_text()
+    rows = [json.loads(line) for line in files["valid"].splitlines()]
+    assert len(rows) == 20
+    assert set(rows[0]) == {"module", "question", "answer", "prediction", "parsed", "valid"}
+    for r in rows:
+        assert r["valid"] == (r["parsed"] is not None)
+    m = json.loads(metrics_text)["valid"]
+    assert m["overall"]["n"] == 20
+    assert set(m["per_module"]) == {"arithmetic__add_or_sub", "arithmetic__mul"}
+    for key in ("exact_match", "mae", "log_mae", "log_r2", "invalid_rate"):
+        assert set(m["overall"][key]) == {"value", "lo", "hi"}
+
+    evaluate_run(trained, progress=False)  # again: identical files
+    assert (trained / "eval" / "metrics.json").read_text() == metrics_text
+    for s in SPLITS:
+        assert (trained / "eval" / f"{s}.jsonl").read_text() == files[s]
+
+    # the last checkpoint holds the final weights: its evaluation reproduces the metrics
+    ckpt = evaluate_run(trained, checkpoint="checkpoint-20", progress=False)
+    assert json.loads(json.dumps(ckpt)) == json.loads(json.dumps(first))
+    assert (trained / "eval-checkpoint-20" / "metrics.json").read_text() == metrics_text
+
+
+def test_eval_subset_and_beams(trained):
+    out = trained.parent / "eval-beams"
+    m = evaluate_run(trained, splits=["valid"], num_beams=2, max_examples=7, out_dir=out,
+                     progress=False)
+    assert list(m) == ["valid"] and m["valid"]["overall"]["n"] == 7
+    assert select_examples(list(range(20)), 7) == select_examples(list(range(20)), 7)
+
+
+def test_metrics_from_parsed_predictions(trained, monkeypatch):
+    """Plumbing: exact answers count as matches, unparseable ones as invalid."""
+
+    def fake_generate(model, tokenizer, questions, **kwargs):
+        return ["42"] * (len(questions) - 2) + ["1e-05", "garbage"]
+
+    monkeypatch.setattr(evaluate, "generate_answers", fake_generate)
+    m = evaluate_run(trained, splits=["extrapolate"], max_examples=None, n_boot=0,
+                     out_dir=trained.parent / "eval-fake", progress=False)
+    rows = [json.loads(x) for x in (trained.parent / "eval-fake" / "extrapolate.jsonl").open()]
+    assert rows[-2]["parsed"] == pytest.approx(1e-05) and rows[-1]["valid"] is False
+    expected = sum(float(r["answer"]) == 42.0 for r in rows[:-2]) / len(rows)
+    assert m["extrapolate"]["overall"]["exact_match"]["value"] == pytest.approx(expected)
+    assert m["extrapolate"]["overall"]["invalid_rate"]["value"] == pytest.approx(1 / len(rows))
+
+
+def test_eval_missing_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_config.json"):
+        evaluate_run(tmp_path, progress=False)

@@ -1,0 +1,96 @@
+"""Profiles and `ntl experiment`: data -> train every arm -> eval -> report, skipping finished stages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ntl.config import PAPER, PROFILES, QUICK, SMALL, Profile, override, parse_sets, resolve
+from ntl.experiment import run_experiment
+
+TINY = {
+    "model": "t5-micro",
+    "n_train": 96,
+    "n_valid": 12,
+    "n_interpolate": 12,
+    "n_extrapolate": 12,
+    "max_steps": 6,
+    "batch_size": 8,
+    "lr": 1e-2,
+    "warmup_steps": 0,
+    "save_steps": 3,
+    "logging_steps": 3,
+    "threads": 1,
+    "eval_batch_size": 16,
+    "max_new_tokens": 6,
+    "n_boot": 20,
+}
+
+
+def test_profiles():
+    assert set(PROFILES) == {"quick", "small", "paper"}
+    assert QUICK.arms == ("ce", "ce+ntl-was", "ce+ntl-mse") and len(QUICK.seeds) == 1
+    assert len(SMALL.seeds) == 3
+    assert (PAPER.model, PAPER.max_steps, PAPER.batch_size, PAPER.lr, PAPER.weight_decay,
+            PAPER.lr_scheduler, PAPER.num_beams) == (
+        "t5-base", 1_050_000, 32, 1e-4, 0.01, "reduce_lr_on_plateau", 4)
+    assert len(PAPER.modules) == 13
+    for p in PROFILES.values():
+        p.data_spec()  # valid DataSpec
+        assert Profile.from_dict(p.to_dict()) == p
+
+
+def test_overrides_from_the_command_line():
+    p = resolve("quick", ["max_steps=1_000", "modules=arithmetic__mul,arithmetic__add_or_sub",
+                          "entropy=3,6", "seeds=0,1", "eval_max_examples=none", "lr=5e-4",
+                          "restrict_vocab=false"])
+    assert p.max_steps == 1000 and p.modules == ("arithmetic__mul", "arithmetic__add_or_sub")
+    assert p.entropy == (3.0, 6.0) and p.seeds == (0, 1) and p.eval_max_examples is None
+    assert p.lr == 5e-4 and p.restrict_vocab is False
+    assert override(QUICK, {"arms": ["ce"]}).arms == ("ce",)
+    with pytest.raises(KeyError, match="unknown profile field"):
+        resolve("quick", ["max_stepz=3"])
+    with pytest.raises(ValueError, match="max_steps"):
+        resolve("quick", ["max_steps=1.5"])
+    with pytest.raises(ValueError, match="key=value"):
+        parse_sets(["max_steps"])
+
+
+def test_experiment_end_to_end_and_skips_finished_stages(tmp_path, capsys):
+    profile = resolve("quick", {**TINY, "arms": ["ce", "ce+ntl-was"]})
+    kw = dict(runs_root=tmp_path / "runs", data_root=tmp_path / "data", progress=False)
+    record = run_experiment(profile, "t", command=["ntl", "experiment"], **kw)
+    run = tmp_path / "runs" / "t"
+    for name in ("experiment.json", "report.md", "results.json", "curves.png", "accuracy.png"):
+        assert (run / name).is_file(), name
+    for arm in ("ce", "ce+ntl-was"):
+        seed = run / arm / "seed0"
+        assert (seed / "final" / "model.safetensors").is_file()
+        assert (seed / "eval" / "metrics.json").is_file()
+        assert json.loads((seed / "train_config.json").read_text())["tokenizer"] == str(
+            (run / "tokenizer").resolve())
+    table = capsys.readouterr().out
+    assert "ce+ntl-was" in table and "| ce |" in table
+    info = json.loads((run / "experiment.json").read_text())
+    assert info["profile"]["arms"] == ["ce", "ce+ntl-was"] and info["command"] == "ntl experiment"
+    assert record["stages"]["data_s"] >= 0
+
+    mtimes = {p: p.stat().st_mtime_ns for p in run.rglob("model.safetensors")}
+    metrics = (run / "ce" / "seed0" / "eval" / "metrics.json").stat().st_mtime_ns
+    run_experiment(profile, "t", **kw)  # nothing left to do: skipped
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("model.safetensors")} == mtimes
+    assert (run / "ce" / "seed0" / "eval" / "metrics.json").stat().st_mtime_ns == metrics
+    assert "done, skipped" in capsys.readouterr().out
+
+    with pytest.raises(ValueError, match="different profile"):
+        run_experiment(override(profile, {"lr": 0.5}), "t", **kw)
+
+
+def test_experiment_cli_help():
+    out = subprocess.run([sys.executable, "-m", "ntl.cli", "experiment", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for option in ("--profile", "--name", "--arms", "--seeds", "--set", "quick", "paper"):
+        assert option in out
