@@ -139,7 +139,9 @@ class _Runtime:
         return torch.tensor(sorted(banned), dtype=torch.long)
 
     def _filter(self, device: torch.device):
-        banned = self._banned_ids().to(device)
+        if getattr(self, "_banned", None) is None:
+            self._banned = self._banned_ids()
+        banned = self._banned.to(device)
 
         def apply(logits: torch.Tensor) -> torch.Tensor:
             return logits.index_fill(-1, banned, float("-inf")) if banned.numel() else logits
