@@ -361,3 +361,19 @@ def test_causal_lm_loss_equals_logits_path():
     shifted = fused.shift_labels(labels)
     assert int(n_ce) == int((shifted != -100).sum())
     assert int(n_num) == int(functional.count_number_targets(shifted, vocab)) >= 6
+
+
+def test_very_large_ce_is_exact():
+    """Where the softmax at the target underflows in float32 (CE > 69), CE is recomputed."""
+    vocab = VOCABS["digits"]
+    labels = torch.tensor([[3, 45, 7, -100]])
+    x = torch.randn(1, 4, V)
+    x[0, 0, 3] = -150.0  # p(target) ~ e^-150: 0 in float32
+    x[0, 1, 45] = -90.0
+    ref = _reference(x, labels, vocab, ntl="was", lam=0.3)
+    out = fused.cross_entropy_with_ntl(x, labels, vocab)
+    torch.testing.assert_close(out.ce, ref.ce)
+    torch.testing.assert_close(out.total, ref.total)
+    hidden, weight = x.reshape(4, V), torch.eye(V)
+    lin = fused.linear_cross_entropy_with_ntl(hidden, weight, labels.reshape(-1), vocab)
+    torch.testing.assert_close(lin.ce, ref.ce)

@@ -101,6 +101,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-steps", type=int, default=20,
                         help="timed optimizer steps per arm of the training-step benchmark "
                         "(0 skips it)")
+    parser.add_argument("--omp-wait", default="passive", choices=("passive", "active", "inherit"),
+                        help="OMP_WAIT_POLICY of the workers. passive: idle OpenMP threads sleep "
+                        "instead of spinning, which keeps timings sane when other processes "
+                        "share the cores; active: spin (fastest on an idle machine); inherit: "
+                        "leave the environment as it is")
     parser.add_argument("--no-ntloss", action="store_true", help="skip the ntloss package cases")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny shapes, fp32, one fraction, 2 rounds, tiny model")
@@ -456,9 +461,11 @@ def _build_t5(spec: str, vocab_size: int):
 
 
 # ---------------------------------------------------------------------- driver
-def _spawn(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+def _spawn(kind: str, config: dict[str, Any], omp_wait: str = "inherit") -> dict[str, Any]:
     """Run one worker in a fresh interpreter (clean allocator, exact peak memory)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONUNBUFFERED="1")
+    if omp_wait != "inherit":
+        env["OMP_WAIT_POLICY"] = omp_wait.upper()
     src = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-m", "ntl.bench", kind], input=json.dumps(config),
@@ -487,7 +494,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         + (f" ({meta['machine']['gpu']})" if meta["machine"].get("gpu") else "")
         + f"; torch {meta['machine']['torch']}, ntloss {meta['machine'].get('ntloss')}.",
         f"Command: `{meta['command']}`; {meta['repeats']} interleaved rounds after "
-        f"{meta['warmup']} warm-up; {meta['elapsed_s'] / 60:.1f} min in all.",
+        f"{meta['warmup']} warm-up; OMP_WAIT_POLICY {meta.get('omp_wait_policy')}; peak "
+        f"memory: {meta['memory_method']}; {meta['elapsed_s'] / 60:.1f} min in all.",
     ]
     if meta.get("note"):
         lines.append(f"Note: {meta['note']}")
@@ -584,13 +592,14 @@ def run(args: argparse.Namespace) -> int:
                disable=args.no_progress)
     for config in configs:
         bar.set_postfix_str(f"{config['shape']['name']} {config['dtype']} {config['fraction']}")
-        results.append(_spawn("loss", config))
+        results.append(_spawn("loss", config, args.omp_wait))
         bar.update()
     train = None
     if train_steps:
         bar.set_postfix_str("training step")
         train = _spawn("train", {"device": args.device, "steps": train_steps,
-                                 "warmup": args.warmup, "threads": args.threads, "quick": quick})
+                                 "warmup": args.warmup, "threads": args.threads, "quick": quick},
+                       args.omp_wait)
         bar.update()
     bar.close()
     import torch
@@ -600,6 +609,7 @@ def run(args: argparse.Namespace) -> int:
         "meta": {"machine": machine_info(args.device), "device": args.device,
                  "threads": threads, "repeats": repeats, "warmup": args.warmup,
                  "hidden_dim": hidden_dim, "quick": quick, "note": args.note,
+                 "omp_wait_policy": args.omp_wait,
                  "command": "ntl bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "",
                  "elapsed_s": time.perf_counter() - started,
                  "memory_method": ("torch.cuda.max_memory_allocated delta" if args.device ==
