@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ntl bench``."""
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES),
                         help=f"shapes to run: names from {sorted(SHAPES)} or B,T,V (synthetic "
-                        "vocabulary with 10 digit tokens)")
+                        "vocabulary with 10 digit tokens); 'none' runs only the training step")
     parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=DTYPES,
                         help="logits dtypes")
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.3],
@@ -499,7 +499,16 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     if meta.get("note"):
         lines.append(f"Note: {meta['note']}")
-    lines += [
+    if report["results"]:
+        lines += _loss_table(report)
+    train = report.get("train_step")
+    if train:
+        lines += _train_table(train)
+    return "\n".join(lines) + "\n"
+
+
+def _loss_table(report: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "Forward+backward of the loss on the same logits. **time ×CE** = median over rounds of "
         "time / CE time in the same round; **mem ×CE** = peak memory added by the call (incl. "
@@ -548,20 +557,22 @@ def to_markdown(report: dict[str, Any]) -> str:
                              f"{cfg['fraction']:.0%} | {name} | {c['time_s'] * 1e3:,.0f} | "
                              f"{_fmt_ratio(c['time_ratio'])} | {_fmt_bytes(c['peak_bytes'])} | "
                              f"{_fmt_ratio(c['mem_ratio'])} {extra}")
-    train = report.get("train_step")
-    if train:
-        lines += [
-            "",
-            f"Training step (model `{train['model']}`, {train['params']:,} parameters, vocab "
-            f"{train['vocab']}, batch {train['batch']} × {train['seq']} tokens, 30% number "
-            f"labels, AdamW; {train['config']['steps']} interleaved steps per arm):",
-            "",
-            "| arm | step ms | time ×CE |",
-            "|---|---:|---:|",
-        ]
-        for name, a in train["arms"].items():
-            lines.append(f"| {name} | {a['time_s'] * 1e3:,.1f} | {_fmt_ratio(a['time_ratio'])} |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _train_table(train: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"Training step (model `{train['model']}`, {train['params']:,} parameters, vocab "
+        f"{train['vocab']}, batch {train['batch']} × {train['seq']} tokens, 30% number "
+        f"labels, AdamW; {train['config']['steps']} interleaved steps per arm):",
+        "",
+        "| arm | step ms | time ×CE |",
+        "|---|---:|---:|",
+    ]
+    for name, a in train["arms"].items():
+        lines.append(f"| {name} | {a['time_s'] * 1e3:,.1f} | {_fmt_ratio(a['time_ratio'])} |")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -577,7 +588,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     quick = args.quick
     shape_names = list(QUICK_SHAPES) if quick and args.shapes == list(SHAPES) else args.shapes
-    shapes = [_parse_shape(s, quick) for s in shape_names]
+    shapes = [_parse_shape(s, quick) for s in shape_names if s != "none"]
     dtypes = ["fp32"] if quick and args.dtype == list(DTYPES) else args.dtype
     fractions = [0.3] if quick and args.fractions == [0.01, 0.3] else args.fractions
     repeats = min(args.repeats, 2) if quick else args.repeats
