@@ -94,8 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timed rounds per case (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per case first")
     parser.add_argument("--hidden-dim", type=int, default=256,
-                        help="d of the logits-free group (hidden (N, d), weight (V, d)); "
-                        "0 skips that group")
+                        help="d of the logits-free group (hidden (N, d), weight (V, d)), run "
+                        "at the largest number fraction only (it barely depends on it); 0 skips "
+                        "that group")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads in the workers (default: torch's default)")
     parser.add_argument("--train-steps", type=int, default=20,
@@ -595,7 +596,8 @@ def run(args: argparse.Namespace) -> int:
     hidden_dim = min(args.hidden_dim, 16) if quick else args.hidden_dim
     common = {"device": args.device, "repeats": repeats, "warmup": args.warmup,
               "threads": args.threads, "ntloss": not args.no_ntloss, "hidden_dim": hidden_dim}
-    configs = [dict(common, shape=asdict(s), dtype=dt, fraction=f)
+    configs = [dict(common, shape=asdict(s), dtype=dt, fraction=f,
+                    hidden_dim=hidden_dim if f == max(fractions) else 0)
                for s in shapes for dt in dtypes for f in fractions]
     results = []
     train_steps = min(args.train_steps, 3) if quick else args.train_steps
