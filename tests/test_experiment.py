@@ -60,7 +60,7 @@ def test_overrides_from_the_command_line():
 
 
 def test_experiment_end_to_end_and_skips_finished_stages(tmp_path, capsys):
-    profile = resolve("quick", {**TINY, "arms": ["ce", "ce+ntl-was"]})
+    profile = resolve("quick", {**TINY, "arms": ["ce", "ce+ntl-was"], "jobs": 2})
     kw = dict(runs_root=tmp_path / "runs", data_root=tmp_path / "data", progress=False)
     record = run_experiment(profile, "t", command=["ntl", "experiment"], **kw)
     run = tmp_path / "runs" / "t"
@@ -80,7 +80,7 @@ def test_experiment_end_to_end_and_skips_finished_stages(tmp_path, capsys):
 
     mtimes = {p: p.stat().st_mtime_ns for p in run.rglob("model.safetensors")}
     metrics = (run / "ce" / "seed0" / "eval" / "metrics.json").stat().st_mtime_ns
-    run_experiment(profile, "t", **kw)  # nothing left to do: skipped
+    run_experiment(override(profile, {"jobs": 1}), "t", **kw)  # nothing left to do: skipped
     assert {p: p.stat().st_mtime_ns for p in run.rglob("model.safetensors")} == mtimes
     assert (run / "ce" / "seed0" / "eval" / "metrics.json").stat().st_mtime_ns == metrics
     assert "done, skipped" in capsys.readouterr().out

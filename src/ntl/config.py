@@ -1,11 +1,13 @@
 """Experiment profiles: one frozen dataclass value per profile, every field overridable.
 
 - ``quick``: the ``make experiment`` default. Three arms (``ce``, ``ce+ntl-was``, ``ce+ntl-mse``),
-  one seed, a 5.5M-parameter T5 (d_model 128, 3+3 layers; ~1.4M without the embedding) on one
-  module, ``arithmetic__add_or_sub`` at an easy entropy, sized to finish in <= 20 minutes on
-  2 CPU cores with data generation and evaluation (measured figures: notes/quick_profile.md).
-- ``small``: the setting behind README claims: three seeds per arm, three arithmetic modules,
-  longer training (~2 hours on CPU).
+  one seed, a T5 with d_model 128 and 3+3 layers (1.38M parameters besides the embedding, which
+  the vocabulary restricted to the data's ~160 pieces keeps at ~20k) on one module,
+  ``arithmetic__add_or_sub`` at entropy 3-6 (numbers of up to ~4 digits, half of them decimals),
+  2000 steps of 64 examples; sized to finish in <= 20 minutes on 2 CPU cores with data
+  generation and evaluation (measured figures: notes/quick_profile.md).
+- ``small``: the setting behind README claims: three seeds per arm, three arithmetic modules
+  (50k training examples each) at entropy 3-6, 4000 steps (~2 hours on 2 CPU cores).
 - ``paper``: the paper's T5-base recipe (13 modules, 1.05M steps, batch 32, lr 1e-4, AdamW with
   weight decay 0.01, reduce-on-plateau, beam 4): for a GPU, documented and runnable, not run in CI.
 
@@ -32,6 +34,10 @@ class Profile:
     Data fields map onto :class:`ntl.data.mathematics.DataSpec` (``data_seed`` -> ``seed``).
     Training is counted in optimizer steps (``max_steps`` × ``batch_size`` × ``grad_accum``
     examples), so arms are compared at equal steps on the same examples in the same order.
+    ``threads`` is torch's intra-op thread count per process (``None``: torch's default, one per
+    core); ``jobs`` is how many arm x seed runs ``ntl experiment`` trains and evaluates at once,
+    in separate processes. Tiny models run best single-threaded, several at a time: a second
+    thread gains little, and on a busy machine oversubscribed threads slow training several-fold.
     """
 
     name: str = "custom"
@@ -72,6 +78,7 @@ class Profile:
     max_target_length: int = 32
     bf16: bool = False
     threads: int | None = None
+    jobs: int = 1
     # ---- evaluation
     eval_splits: tuple[str, ...] = ("valid", "interpolate", "extrapolate")
     eval_max_examples: int | None = None
@@ -114,25 +121,27 @@ QUICK = Profile(
     name="quick",
     description=(
         "make experiment default: 3 arms x 1 seed, T5 d=128 3+3 layers, arithmetic__add_or_sub "
-        "(easy entropy), 2 CPU cores, <= 20 minutes including data and evaluation"
+        "at entropy 3-6, 2000 steps of 64, 2 CPU cores, <= 20 minutes including data and eval"
     ),
     modules=("arithmetic__add_or_sub",),
     difficulty="train-easy",
-    entropy=None,
-    n_train=40_000,
+    entropy=(3.0, 6.0),
+    n_train=60_000,
     n_valid=500,
     n_interpolate=500,
     n_extrapolate=500,
     model="t5-tiny",
     arms=DEFAULT_ARMS,
     seeds=(0,),
-    max_steps=1_200,
+    max_steps=2_000,
     batch_size=64,
-    lr=2e-3,
-    warmup_steps=60,
+    lr=1e-3,
+    warmup_steps=100,
     lr_scheduler="linear",
-    save_steps=400,
+    save_steps=500,
     logging_steps=25,
+    threads=1,
+    jobs=3,
     eval_batch_size=250,
     max_new_tokens=24,
 )
@@ -140,25 +149,29 @@ QUICK = Profile(
 SMALL = Profile(
     name="small",
     description=(
-        "README claims: 3 arms x 3 seeds, T5 d=128 3+3 layers, three arithmetic modules, "
-        "~2 hours on 2 CPU cores"
+        "README claims: 3 arms x 3 seeds, T5 d=128 3+3 layers, add_or_sub + add_sub_multiple + "
+        "mul at entropy 3-6, 4000 steps of 64, ~2 hours on 2 CPU cores"
     ),
     modules=("arithmetic__add_or_sub", "arithmetic__add_sub_multiple", "arithmetic__mul"),
     difficulty="train-easy",
-    n_train=100_000,
+    entropy=(3.0, 6.0),
+    n_train=50_000,
     n_valid=500,
     n_interpolate=500,
     n_extrapolate=500,
     model="t5-tiny",
     arms=DEFAULT_ARMS,
     seeds=(0, 1, 2),
-    max_steps=2_000,
+    max_steps=4_000,
     batch_size=64,
-    lr=2e-3,
-    warmup_steps=100,
+    lr=1e-3,
+    warmup_steps=200,
     save_steps=500,
     logging_steps=50,
+    threads=1,
+    jobs=2,
     eval_batch_size=250,
+    max_new_tokens=24,
 )
 
 PAPER = Profile(

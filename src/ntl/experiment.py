@@ -35,7 +35,7 @@ from ntl.train import add_profile_arguments
 
 # Fields that may differ between invocations on the same run folder (they select work, they
 # do not change results).
-_SELECTION_FIELDS = ("arms", "seeds", "threads", "description", "eval_batch_size")
+_SELECTION_FIELDS = ("arms", "seeds", "threads", "jobs", "description", "eval_batch_size")
 
 
 def _machine() -> dict[str, Any]:
@@ -57,6 +57,75 @@ def _comparable(profile: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in profile.items() if k not in _SELECTION_FIELDS}
 
 
+def _parent_watch(parent_pid: int) -> Any:
+    """A Trainer callback for worker processes: exit (without finishing the run) as soon as the
+    experiment process that started the worker is gone, so a killed experiment leaves no orphan
+    training behind; the next ``ntl experiment`` resumes from the last checkpoint."""
+    from transformers import TrainerCallback
+
+    class ParentWatch(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    return ParentWatch()
+
+
+def _train_and_eval(
+    profile: Profile,
+    arm: str,
+    seed: int,
+    run_dir: Path,
+    data_paths: dict[str, Path],
+    tok_dir: Path,
+    progress: bool,
+    parent_pid: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume, or skip) and evaluate (or skip) one arm x seed; return stage timings."""
+    import torch
+
+    from ntl.evaluate import evaluate_run, is_evaluated
+    from ntl.train import is_trained, train_arm
+
+    if profile.threads:
+        torch.set_num_threads(int(profile.threads))
+    arm_dir = run_dir / arm / f"seed{seed}"
+    key = f"{arm}/seed{seed}"
+    stages: dict[str, Any] = {}
+    if not is_trained(arm_dir):
+        _log(f"train {key} ({profile.max_steps} steps)")
+        t0 = time.time()
+        callbacks = [_parent_watch(parent_pid)] if parent_pid is not None else []
+        summary = train_arm(
+            profile,
+            arm,
+            seed,
+            arm_dir,
+            data_paths=data_paths,
+            tokenizer=tok_dir,
+            resume=True,
+            progress=progress,
+            callbacks=callbacks,
+        )
+        stages[f"train {key}_s"] = round(time.time() - t0, 1)
+        stages[f"train {key} steps/s"] = summary.get("steps_per_second")
+        _log(f"train {key}: done in {stages[f'train {key}_s']} s")
+    else:
+        _log(f"train {key}: done, skipped")
+    if not is_evaluated(arm_dir, profile.eval_splits):
+        _log(f"eval {key}")
+        t0 = time.time()
+        evaluate_run(arm_dir, splits=profile.eval_splits, progress=progress)
+        stages[f"eval {key}_s"] = round(time.time() - t0, 1)
+    else:
+        _log(f"eval {key}: done, skipped")
+    return stages
+
+
+def _log(msg: str) -> None:
+    print(f"[ntl experiment] {msg}", flush=True)
+
+
 def run_experiment(
     profile: Profile,
     name: str,
@@ -75,8 +144,7 @@ def run_experiment(
     import torch
 
     from ntl.data.mathematics import generate
-    from ntl.evaluate import evaluate_run, is_evaluated
-    from ntl.train import is_trained, prepare_tokenizer, train_arm
+    from ntl.train import prepare_tokenizer
 
     run_dir = Path(runs_root) / name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -111,8 +179,7 @@ def run_experiment(
     def save() -> None:
         exp_path.write_text(json.dumps(record, indent=2) + "\n")
 
-    def log(msg: str) -> None:
-        print(f"[ntl experiment] {msg}", flush=True)
+    log = _log
 
     # 1. data
     t0 = time.time()
@@ -128,37 +195,37 @@ def run_experiment(
     record["tokenizer"] = {"path": str(tok_dir), "size": len(tokenizer)}
     save()
 
-    # 3. train, 4. eval
-    for seed in profile.seeds:
-        for arm in profile.arms:
-            arm_dir = run_dir / arm / f"seed{seed}"
-            key = f"{arm}/seed{seed}"
-            if not is_trained(arm_dir):
-                log(f"train {key} ({profile.max_steps} steps)")
-                t0 = time.time()
-                summary = train_arm(
+    # 3. train, 4. eval: every arm x seed, `jobs` at a time
+    tasks = [(arm, seed) for seed in profile.seeds for arm in profile.arms]
+    jobs = max(1, min(int(profile.jobs), len(tasks)))
+    if jobs == 1:
+        for arm, seed in tasks:
+            stages.update(_train_and_eval(profile, arm, seed, run_dir, data_paths, tok_dir, progress))
+            save()
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        log(f"{len(tasks)} runs, {jobs} at a time (progress bars off; training logs interleave)")
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(
+                    _train_and_eval,
                     profile,
                     arm,
                     seed,
-                    arm_dir,
-                    data_paths=data_paths,
-                    tokenizer=tok_dir,
-                    resume=True,
-                    progress=progress,
+                    run_dir,
+                    data_paths,
+                    tok_dir,
+                    False,
+                    os.getpid(),
                 )
-                stages[f"train {key}_s"] = round(time.time() - t0, 1)
-                stages[f"train {key} steps/s"] = summary.get("steps_per_second")
+                for arm, seed in tasks
+            ]
+            for future in as_completed(futures):
+                stages.update(future.result())
                 save()
-            else:
-                log(f"train {key}: done, skipped")
-            if not is_evaluated(arm_dir, profile.eval_splits):
-                log(f"eval {key}")
-                t0 = time.time()
-                evaluate_run(arm_dir, splits=profile.eval_splits, progress=progress)
-                stages[f"eval {key}_s"] = round(time.time() - t0, 1)
-                save()
-            else:
-                log(f"eval {key}: done, skipped")
 
     # 5. report
     if report:

@@ -20,6 +20,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -266,6 +267,7 @@ def train_arm(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Train ``arm`` with ``seed`` on ``data_paths["train"]`` into ``out_dir``.
 
@@ -281,6 +283,7 @@ def train_arm(
         resume: continue from the last checkpoint in ``out_dir`` (if any).
         overwrite: allow starting over in a folder that already has checkpoints.
         progress: show the Trainer's progress bar.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
 
     Returns:
         The content of ``train_summary.json``.
@@ -376,6 +379,7 @@ def train_arm(
         processing_class=tokenizer,
         ntl_loss=loss,
         causal=causal,
+        callbacks=list(callbacks) or None,
     )
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -416,8 +420,9 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a profile field (repeatable), e.g. --set max_steps=500 "
-        "--set modules=arithmetic__add_or_sub,arithmetic__mul; see ntl.config.Profile",
+        help="override a profile field (repeatable; lists comma-separated, 'none' for None), e.g. "
+        "--set max_steps=500 --set modules=arithmetic__add_or_sub,arithmetic__mul. Fields: "
+        + ", ".join(f.name for f in dataclasses.fields(Profile) if f.name not in ("name", "description")),
     )
 
 
