@@ -7,7 +7,7 @@
   2000 steps of 64 examples; sized to finish in <= 20 minutes on 2 CPU cores with data
   generation and evaluation (measured figures: notes/quick_profile.md).
 - ``small``: the setting behind README claims: three seeds per arm, three arithmetic modules
-  (50k training examples each) at entropy 3-6, 4000 steps (~2 hours on 2 CPU cores).
+  (50k training examples each) at entropy 3-6, 3000 steps (~1 hour on 2 CPU cores).
 - ``paper``: the paper's T5-base recipe (13 modules, 1.05M steps, batch 32, lr 1e-4, AdamW with
   weight decay 0.01, reduce-on-plateau, beam 4): for a GPU, documented and runnable, not run in CI.
 
@@ -150,7 +150,7 @@ SMALL = Profile(
     name="small",
     description=(
         "README claims: 3 arms x 3 seeds, T5 d=128 3+3 layers, add_or_sub + add_sub_multiple + "
-        "mul at entropy 3-6, 4000 steps of 64, ~2 hours on 2 CPU cores"
+        "mul at entropy 3-6, 3000 steps of 64, ~1 hour on 2 CPU cores"
     ),
     modules=("arithmetic__add_or_sub", "arithmetic__add_sub_multiple", "arithmetic__mul"),
     difficulty="train-easy",
@@ -162,7 +162,7 @@ SMALL = Profile(
     model="t5-tiny",
     arms=DEFAULT_ARMS,
     seeds=(0, 1, 2),
-    max_steps=4_000,
+    max_steps=3_000,
     batch_size=64,
     lr=1e-3,
     warmup_steps=200,
