@@ -166,3 +166,12 @@ def test_import_needs_only_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_split_digits_survives_save_and_reload(load_tok, tmp_path):
+    from transformers import AutoTokenizer
+
+    split_digits(load_tok("t5-small")).save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded.tokenize("12345") == ["▁", "1", "2", "3", "4", "5"]
+    assert reloaded.pad_token == "<pad>" and reloaded.eos_token == "</s>"

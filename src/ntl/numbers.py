@@ -295,13 +295,37 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
 
 
+def as_generic_fast(tokenizer: Any) -> Any:
+    """The same tokenizer as a generic ``PreTrainedTokenizerFast`` (a copy).
+
+    Model-specific classes such as ``T5Tokenizer`` rebuild their own pre-tokenizer when loaded
+    with ``AutoTokenizer``, so a customised pre-tokenizer (the digit split) would be silently
+    dropped by ``save_pretrained`` + ``from_pretrained``; the generic class keeps it.
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    specials = {
+        name: getattr(tokenizer, name)
+        for name in ("pad_token", "eos_token", "unk_token", "bos_token")
+        if getattr(tokenizer, name, None) is not None
+    }
+    out = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+    if out.pad_token is None and out.eos_token is not None:
+        out.pad_token = out.eos_token
+    return out
+
+
 def split_digits(tokenizer: Any) -> Any:
     """A copy of a fast tokenizer whose pre-tokenizer splits every digit into its own piece.
 
     This is the paper's digit-level T5 tokenizer: ``13023.5`` -> ``1 3 0 2 3 . 5``. The digit
     split is appended after the existing pre-tokenizer so that space markers stay on the space
     piece (``▁`` ``1`` ``3``), and decoding gives back the original text. Works for Hugging Face
-    fast tokenizers and `tokenizers.Tokenizer`; the input tokenizer is not modified.
+    fast tokenizers (returned as a generic ``PreTrainedTokenizerFast``, see `as_generic_fast`, so
+    the split survives ``save_pretrained``/``AutoTokenizer``) and `tokenizers.Tokenizer`; the input
+    tokenizer is not modified.
     """
     from tokenizers import Tokenizer, pre_tokenizers
 
@@ -315,4 +339,4 @@ def split_digits(tokenizer: Any) -> Any:
     digits = pre_tokenizers.Digits(individual_digits=True)
     old = backend.pre_tokenizer
     backend.pre_tokenizer = pre_tokenizers.Sequence([old, digits] if old is not None else [digits])
-    return clone
+    return clone if isinstance(clone, Tokenizer) else as_generic_fast(clone)

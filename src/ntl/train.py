@@ -75,25 +75,6 @@ def parse_arm(name: str, default_lam: float = 0.3) -> Arm:
 
 
 # ---------------------------------------------------------------------- tokenizer
-def _generic_fast(tokenizer: Any) -> Any:
-    """The same tokenizer as a generic ``PreTrainedTokenizerFast``, so that saving and reloading
-    (``AutoTokenizer``) keeps its pre-tokenizer: model-specific classes such as ``T5Tokenizer``
-    rebuild their own pre-tokenizer on load and would silently drop the digit split."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    specials = {
-        name: getattr(tokenizer, name)
-        for name in ("pad_token", "eos_token", "unk_token", "bos_token")
-        if getattr(tokenizer, name, None) is not None
-    }
-    out = PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
-    if out.pad_token is None and out.eos_token is not None:
-        out.pad_token = out.eos_token
-    return out
-
-
 def load_prepared_tokenizer(path: str | os.PathLike[str]) -> Any:
     """Load a tokenizer saved by :func:`prepare_tokenizer` (or a ``final/`` model folder)."""
     from transformers import PreTrainedTokenizerFast
@@ -113,7 +94,7 @@ def prepare_tokenizer(
     otherwise the new one is saved there (with ``ntl_tokenizer.json`` describing the recipe).
     A ``profile.tokenizer`` that is a folder with ``ntl_tokenizer.json`` is used as it is.
     """
-    from ntl.numbers import load_tokenizer, split_digits
+    from ntl.numbers import as_generic_fast, load_tokenizer, split_digits
 
     given = Path(profile.tokenizer)
     if (given / TOKENIZER_RECIPE).is_file():
@@ -131,7 +112,7 @@ def prepare_tokenizer(
     tok = load_tokenizer(profile.tokenizer)
     if profile.split_digits:
         tok = split_digits(tok)
-    tok = _generic_fast(tok)
+    tok = as_generic_fast(tok)
     if profile.restrict_vocab:
         if not data_paths:
             raise ValueError("restrict_vocab needs the data splits to read the used pieces from")
