@@ -94,3 +94,21 @@ def test_experiment_cli_help():
                          capture_output=True, text=True, check=True).stdout
     for option in ("--profile", "--name", "--arms", "--seeds", "--set", "quick", "paper"):
         assert option in out
+
+
+def test_experiment_runs_every_kind_of_arm(tmp_path, capsys):
+    """The paper's comparison table: token arms, the tokenizer ablation, decoder-only and the
+    encoding baselines run on the same data and budget and each get one report row."""
+    arms = ["ce", "ce+ntl-was:multidigit", "ce:decoder", "xval", "rt+ntl", "regression-head"]
+    profile = resolve("quick", {**TINY, "arms": arms, "jobs": 1})
+    run_experiment(profile, "all", runs_root=tmp_path / "runs", data_root=tmp_path / "data",
+                   progress=False)
+    run = tmp_path / "runs" / "all"
+    results = json.loads((run / "results.json").read_text())
+    text = json.dumps(results)
+    for arm in arms:
+        assert (run / arm / "seed0" / "eval" / "metrics.json").is_file(), arm
+        assert f'"{arm}"' in text, arm
+    report = (run / "report.md").read_text()
+    for arm in arms:
+        assert f"| {arm} |" in report, arm

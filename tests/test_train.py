@@ -163,3 +163,31 @@ def test_train_cli_help():
                          text=True, check=True).stdout
     for option in ("--arm", "--resume", "--set", "--profile", "--tokenizer", "--max-steps"):
         assert option in out
+
+
+def test_parse_arm_variants():
+    arm = parse_arm("ce+ntl-was@0.5:multidigit")
+    assert (arm.ntl, arm.lam, arm.variant) == ("was", 0.5, "multidigit")
+    assert parse_arm("ce:decoder").variant == "decoder"
+    with pytest.raises(ValueError, match="'sideways'"):
+        parse_arm("ce:sideways")
+
+
+@pytest.mark.parametrize("arm", ["ce+ntl-was:multidigit", "ce+ntl-was:decoder"])
+def test_variant_arms_train_and_evaluate(tmp_path, data_dir, arm):
+    from ntl.evaluate import evaluate_run
+
+    profile = resolve("quick", {**TINY, "max_steps": 30, "save_steps": 30})
+    out = tmp_path / arm / "seed0"
+    summary = train_arm(profile, arm, 0, out, data_paths=_paths(data_dir), progress=False)
+    history = json.loads((out / "log_history.json").read_text())
+    assert summary["global_step"] == 30 and history[-1]["loss"] < history[0]["loss"]
+    cfg = json.loads((out / "train_config.json").read_text())
+    if arm.endswith("multidigit"):
+        # the base T5 tokenizer's multi-digit pieces are number tokens (numbers mode)
+        assert cfg["number_mode"] == "numbers" and cfg["profile"]["split_digits"] is False
+        assert any(len(t.lstrip("▁")) > 1 for t in cfg["number_tokens"])
+    else:
+        assert cfg["causal"] is True and cfg["model"] == "llama-micro"
+    metrics = evaluate_run(out, splits=["valid"], progress=False)
+    assert 0.0 <= metrics["valid"]["overall"]["exact_match"]["value"] <= 1.0

@@ -55,6 +55,7 @@ class Profile:
     tokenizer: str = "t5-small"
     split_digits: bool = True
     restrict_vocab: bool = True
+    number_mode: str = "digits"
     model: str = "t5-tiny"
     dropout: float | None = None
     # ---- arms

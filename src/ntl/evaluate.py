@@ -158,6 +158,13 @@ def evaluate_run(
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no train_config.json in {run}: is it a trained arm folder?")
     cfg = json.loads(cfg_path.read_text())
+    if "encoding" in cfg:  # xVal / RT / regression-head arms decode with their own loop
+        from ntl.encodings.train import evaluate_run as encoding_evaluate_run
+
+        return encoding_evaluate_run(run, splits=splits, checkpoint=checkpoint, num_beams=num_beams,
+                                     batch_size=batch_size, max_examples=max_examples,
+                                     max_new_tokens=max_new_tokens, n_boot=n_boot, out_dir=out_dir,
+                                     progress=progress)
     profile = cfg.get("profile", {})
     model_dir = run / (checkpoint or "final")
     if not (model_dir / "config.json").is_file():

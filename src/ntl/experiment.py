@@ -269,10 +269,12 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds:
         values["seeds"] = list(args.seeds)
     profile = resolve(get_profile(args.profile), values)
+    from ntl.encodings import is_encoding_arm
     from ntl.train import parse_arm
 
     for arm in profile.arms:
-        parse_arm(arm, profile.lam)  # fail early on a bad arm name
+        if not is_encoding_arm(arm):
+            parse_arm(arm, profile.lam)  # fail early on a bad arm name
     run_experiment(
         profile,
         args.name or profile.name,

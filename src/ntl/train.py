@@ -31,10 +31,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ntl.config import PROFILES, Profile, get_profile, parse_sets, profile_help, resolve
+from ntl.config import PROFILES, Profile, get_profile, override, parse_sets, profile_help, resolve
 
 TOKENIZER_RECIPE = "ntl_tokenizer.json"
-_ARM_RE = re.compile(r"^ce(?:\+ntl-(?P<loss>[a-z0-9_-]+?))?(?:@(?P<lam>[0-9.eE+-]+))?$")
+_ARM_RE = re.compile(
+    r"^ce(?:\+ntl-(?P<loss>[a-z0-9_-]+?))?(?:@(?P<lam>[0-9.eE+-]+))?(?::(?P<variant>[a-z-]+))?$"
+)
+
+# Arm variants (``<arm>:<variant>``): profile fields a variant changes, for the paper's ablations.
+# ``multidigit``: the base tokenizer's own multi-digit pieces (T5's ``▁130``, ``3.5``), NTL over
+# every plain-decimal token (numbers mode) -- the tokenizer ablation. ``decoder``: a decoder-only
+# model of the same size name (``t5-tiny`` -> ``llama-tiny``; prompt + answer, loss on the answer
+# only) instead of T5.
+def _decoder_model(profile: Profile) -> dict[str, Any]:
+    from ntl.models import MODEL_SIZES
+
+    size = profile.model.split("-", 1)[-1]
+    return {"model": f"llama-{size}" if f"llama-{size}" in MODEL_SIZES else "llama-tiny"}
+
+
+ARM_VARIANTS: dict[str, Any] = {
+    "multidigit": lambda profile: {"split_digits": False, "number_mode": "numbers"},
+    "decoder": _decoder_model,
+}
 
 
 # ---------------------------------------------------------------------- arms
@@ -45,6 +64,16 @@ class Arm:
     name: str
     ntl: str
     lam: float
+    variant: str | None = None
+
+    def apply(self, profile: Profile) -> Profile:
+        """The profile this arm trains with (its variant's fields replaced)."""
+        return override(profile, ARM_VARIANTS[self.variant](profile)) if self.variant else profile
+
+    @property
+    def own_tokenizer(self) -> bool:
+        """Whether the variant needs a tokenizer other than the experiment's shared one."""
+        return self.variant == "multidigit"
 
     @property
     def is_baseline(self) -> bool:
@@ -52,7 +81,8 @@ class Arm:
 
 
 def parse_arm(name: str, default_lam: float = 0.3) -> Arm:
-    """Parse ``ce`` | ``ce+ntl-<loss>`` | ``ce+ntl-<loss>@<lam>`` into an :class:`Arm`.
+    """Parse ``ce`` | ``ce+ntl-<loss>`` | ``ce+ntl-<loss>@<lam>``, each optionally followed by
+    ``:<variant>`` (see `ARM_VARIANTS`, e.g. ``ce+ntl-was:multidigit``), into an :class:`Arm`.
 
     The ``ce`` arm computes NTL-WAS with λ = 0 so its NTL curve can be compared.
     """
@@ -60,18 +90,24 @@ def parse_arm(name: str, default_lam: float = 0.3) -> Arm:
 
     m = _ARM_RE.match(name.strip())
     if m is None:
-        raise ValueError(f"arm {name!r} is not 'ce' or 'ce+ntl-<loss>[@lam]' with <loss> in {sorted(LOSSES)}")
+        raise ValueError(
+            f"arm {name!r} is not 'ce' or 'ce+ntl-<loss>[@lam]' (optionally ':<variant>') with "
+            f"<loss> in {sorted(LOSSES)} and <variant> in {sorted(ARM_VARIANTS)}"
+        )
+    variant = m.group("variant")
+    if variant is not None and variant not in ARM_VARIANTS:
+        raise ValueError(f"arm {name!r}: unknown variant {variant!r}; choose one of {sorted(ARM_VARIANTS)}")
     loss = m.group("loss")
     if loss is None:
         if m.group("lam") is not None:
             raise ValueError(f"arm {name!r}: the ce arm takes no λ")
-        return Arm(name, "was", 0.0)
+        return Arm(name, "was", 0.0, variant)
     if loss not in LOSSES:
         raise ValueError(f"arm {name!r}: unknown NTL {loss!r}; choose one of {sorted(LOSSES)}")
     lam = float(m.group("lam")) if m.group("lam") is not None else float(default_lam)
     if lam < 0:
         raise ValueError(f"arm {name!r}: λ must be >= 0")
-    return Arm(name, loss, lam)
+    return Arm(name, loss, lam, variant)
 
 
 # ---------------------------------------------------------------------- tokenizer
@@ -274,13 +310,23 @@ def train_arm(
 
     from ntl.data.collate import Collator, EncodedDataset, encode, epoch_order, pad_id
     from ntl.data.mathematics import load_split
+    from ntl.encodings import is_encoding_arm
     from ntl.integrations.hf import NTLTrainer
     from ntl.losses.modules import CrossEntropyWithNTL
     from ntl.models import build_model, count_parameters, model_spec, model_vocab_size
     from ntl.numbers import NumberVocab
 
+    if is_encoding_arm(arm):  # xVal, RT, regression head: their own models and loop (issue 4)
+        from ntl.encodings.train import train_profile_arm
+
+        return train_profile_arm(profile, arm, seed, out_dir, data_paths=data_paths,
+                                 tokenizer=tokenizer, resume=resume, overwrite=overwrite,
+                                 progress=progress)
     out = Path(out_dir)
     spec = parse_arm(arm, profile.lam)
+    profile = spec.apply(profile)
+    if spec.own_tokenizer:
+        tokenizer = None  # prepared from the variant's profile into out_dir/tokenizer
     if is_trained(out) and not overwrite:
         return json.loads((out / "train_summary.json").read_text())
     checkpoint = last_checkpoint(out)
@@ -312,7 +358,7 @@ def train_arm(
     vocab_size = model_vocab_size(tokenizer)
     transformers.set_seed(seed)
     model = build_model(mspec, vocab_size, tokenizer=tokenizer, seed=seed)
-    vocab = NumberVocab.from_tokenizer(tokenizer, mode="digits", vocab_size=vocab_size)
+    vocab = NumberVocab.from_tokenizer(tokenizer, mode=profile.number_mode, vocab_size=vocab_size)
     loss = CrossEntropyWithNTL(vocab, ntl=spec.ntl, lam=spec.lam)
 
     # data: a fixed, seed-determined order of examples, read sequentially
@@ -330,6 +376,8 @@ def train_arm(
 
     config = {
         "arm": spec.name,
+        "variant": spec.variant,
+        "number_mode": profile.number_mode,
         "ntl": spec.ntl,
         "lam": spec.lam,
         "seed": seed,
@@ -411,7 +459,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ntl train``."""
     parser.add_argument("--out", required=True, help="the arm's run folder, runs/<name>/<arm>/seed<k>")
     parser.add_argument(
-        "--arm", default="ce+ntl-was", help="ce | ce+ntl-<loss>[@lam], loss in was/mse/mae/huber/number-level"
+        "--arm", default="ce+ntl-was",
+        help="ce | ce+ntl-<loss>[@lam][:variant] with loss in was/mse/mae/huber/number-level and "
+        "variant multidigit (T5's own multi-digit tokens, numbers mode) or decoder (decoder-only "
+        "model); or a baseline: xval, xval-linear, rt, rt+ntl, regression-head",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and data order")
     add_profile_arguments(parser)
