@@ -242,9 +242,9 @@ def test_plain_trainer_with_log_callback(tmp_path, tok):
 
 
 def test_readme_example_runs(tmp_path, monkeypatch):
-    text = (REPO / "notes" / "README_hf_example.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "no python block in notes/README_hf_example.md"
+    text = (REPO / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "NTLTrainer(" in b]
+    assert blocks, "no NTLTrainer example in README.md"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(blocks[0], "README_hf_example", "exec"), namespace)
