@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ntl.data.mathematics import TRAIN_MODULES
+
 DEFAULT_ARMS: tuple[str, ...] = ("ce", "ce+ntl-was", "ce+ntl-mse")
 
 
@@ -181,21 +183,7 @@ PAPER = Profile(
         "the paper's recipe (GPU): T5-base, 13 modules, 1.05M steps, batch 32, lr 1e-4, AdamW "
         "wd 0.01, reduce-on-plateau, beam-4 generation"
     ),
-    modules=(
-        "algebra__linear_1d",
-        "algebra__linear_1d_composed",
-        "algebra__linear_2d",
-        "algebra__linear_2d_composed",
-        "algebra__sequence_next_term",
-        "arithmetic__add_or_sub",
-        "arithmetic__add_sub_multiple",
-        "arithmetic__mul",
-        "numbers__div_remainder",
-        "numbers__div_remainder_composed",
-        "numbers__place_value",
-        "numbers__round_number",
-        "numbers__round_number_composed",
-    ),
+    modules=TRAIN_MODULES,
     difficulty="train",
     n_train=1_000_000,
     n_valid=1_000,
