@@ -39,6 +39,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -623,7 +624,7 @@ def run(args: argparse.Namespace) -> int:
                  "threads": threads, "repeats": repeats, "warmup": args.warmup,
                  "hidden_dim": hidden_dim, "quick": quick, "note": args.note,
                  "omp_wait_policy": args.omp_wait,
-                 "command": "ntl bench " + " ".join(sys.argv[2:]) if len(sys.argv) > 1 else "",
+                 "command": "ntl bench " + shlex.join(sys.argv[2:]) if len(sys.argv) > 1 else "",
                  "elapsed_s": time.perf_counter() - started,
                  "memory_method": ("torch.cuda.max_memory_allocated delta" if args.device ==
                                    "cuda" else "peak RSS (VmHWM via /proc/self/clear_refs) "

@@ -13,14 +13,14 @@ labels, with the semantics of `ntl.losses.functional` and `ntl.losses.CrossEntro
 numbers, computed differently.
 
 How (the design of Liger-Kernel's chunked losses and Apple's Cut Cross-Entropy, in plain
-PyTorch): rows are processed in chunks small enough to stay in the CPU cache. For each chunk one
-pass computes the log-sum-exp, the softmax and *already the gradient* of the whole loss w.r.t.
-the chunk's logits, written into one preallocated buffer: ``w_ce·(softmax − onehot)`` plus, at
-number-target rows only, the NTL term. The NTL needs only the K number-token logits and the
-row's log-sum-exp (for the mass reweighting), so its gradient lives on the K number columns plus
-a multiple of the softmax (reweigh only) that folds into the same row scale. ``backward`` hands
-out that buffer scaled by the incoming gradient: no log-softmax tensor, no dense one-hot, no
-second softmax; the logits gradient is produced exactly once.
+PyTorch): rows are processed in chunks. For each chunk one softmax kernel writes the softmax
+into one preallocated buffer and one row scale turns it into *already the gradient* of the
+whole loss w.r.t. the chunk's logits: ``w_ce·(softmax − onehot)`` plus, at number-target rows
+only, the NTL term. CE is ``−log softmax`` at the target. The NTL needs only the K number-token
+logits and the row's number-token mass (for the reweighting), so its gradient lives on the K
+number columns plus a multiple of the softmax (reweigh only) that folds into the same row
+scale. ``backward`` hands out that buffer scaled by the incoming gradient: no log-softmax
+tensor, no dense one-hot, no second softmax; the logits gradient is produced exactly once.
 
 The logits-free path never builds the (N, V) logits: per row chunk it computes
 ``z = h_c @ W.T``, turns ``z`` into its gradient in place and at once accumulates
