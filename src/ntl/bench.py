@@ -3,7 +3,7 @@
 ``ntl bench`` measures forward+backward of every loss path on the same logits in one run and
 reports each as a ratio to plain cross-entropy measured in the same run:
 
-- ``ce``: token cross-entropy alone (``ntl.losses.modules.cross_entropy``: float32 math, as
+- ``ce``: token cross-entropy alone (``ntl.losses.functional.cross_entropy``: float32 math, as
   Hugging Face's loss);
 - ``plain-was`` / ``plain-mse``: ``CrossEntropyWithNTL`` (CE + 0.3·NTL through
   `ntl.losses.functional`);
@@ -292,7 +292,7 @@ def run_config(config: dict[str, Any]) -> dict[str, Any]:
 
     from ntl import CrossEntropyWithNTL
     from ntl.losses import fused
-    from ntl.losses.modules import cross_entropy
+    from ntl.losses.functional import cross_entropy
 
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
@@ -396,7 +396,7 @@ def run_train_step(config: dict[str, Any]) -> dict[str, Any]:
 
     from ntl import CrossEntropyWithNTL, NumberVocab
     from ntl.losses import fused
-    from ntl.losses.modules import cross_entropy
+    from ntl.losses.functional import cross_entropy
 
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))

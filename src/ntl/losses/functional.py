@@ -490,6 +490,23 @@ def count_numbers(
     return number_spans(rows, table, ignore_index)[0].sum()
 
 
+def cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    num_items_in_batch: Any = None,
+) -> torch.Tensor:
+    """Token-level CE in float32, mean over non-ignored tokens or sum / ``num_items_in_batch``."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    target = labels.reshape(-1).long()
+    if num_items_in_batch is None:
+        return F.cross_entropy(flat, target, ignore_index=ignore_index)
+    total = F.cross_entropy(flat, target, ignore_index=ignore_index, reduction="sum")
+    denom = torch.as_tensor(num_items_in_batch, dtype=total.dtype, device=total.device)
+    return total / denom.clamp_min(1)
+
+
 def _expectation_with(kind: str) -> Callable[..., torch.Tensor]:
     def loss_fn(logits, labels, vocab, **kwargs):
         return expectation(logits, labels, vocab, loss=kind, **kwargs)

@@ -49,7 +49,6 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ntl.losses import functional
-from ntl.losses.modules import cross_entropy as _plain_cross_entropy
 from ntl.numbers import NumberTable, NumberVocab
 
 FUSED_LOSSES = ("was", "mse", "mae", "huber")
@@ -642,7 +641,7 @@ def _plain(
             logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long(),
             ignore_index=ignore_index, reduction="sum")
     else:
-        ce = _plain_cross_entropy(logits, labels, ignore_index=ignore_index,
+        ce = functional.cross_entropy(logits, labels, ignore_index=ignore_index,
                                   num_items_in_batch=num_items_in_batch)
     return FusedOutput(ce + lam * ntl_value, ce, ntl_value)
 

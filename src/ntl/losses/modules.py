@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ntl.losses import functional
+from ntl.losses import functional, fused
 from ntl.numbers import NumberTable, NumberVocab
 
 _TABLE_BUFFERS = ("values", "is_number", "number_ids", "number_values", "digit_counts",
@@ -110,23 +109,6 @@ class LossOutput(NamedTuple):
     ntl: torch.Tensor
 
 
-def cross_entropy(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    ignore_index: int = -100,
-    num_items_in_batch: Any = None,
-) -> torch.Tensor:
-    """Token-level CE in float32, mean over non-ignored tokens or sum / ``num_items_in_batch``."""
-    flat = logits.reshape(-1, logits.shape[-1]).float()
-    target = labels.reshape(-1).long()
-    if num_items_in_batch is None:
-        return F.cross_entropy(flat, target, ignore_index=ignore_index)
-    total = F.cross_entropy(flat, target, ignore_index=ignore_index, reduction="sum")
-    denom = torch.as_tensor(num_items_in_batch, dtype=total.dtype, device=total.device)
-    return total / denom.clamp_min(1)
-
-
 class CrossEntropyWithNTL(nn.Module):
     """``CE + lam·NTL``, returning ``LossOutput(total, ce, ntl)``.
 
@@ -140,6 +122,10 @@ class CrossEntropyWithNTL(nn.Module):
     Call with ``(logits, labels, num_items_in_batch=..., num_number_items=...)``: the first is
     the count of non-ignored labels in the whole accumulated batch (CE's denominator), the second
     the count of NTL items (`NumberTokenLoss.count_items`). Without them, both are per-call means.
+
+    Runs the single-pass kernel of `ntl.losses.fused` (CE, number probabilities and NTL from one
+    softmax, logits gradient made once: about the cost of CE alone); ``number-level`` falls back
+    to the functional path. The outputs are float32 (float64 for float64 logits).
     """
 
     def __init__(
@@ -174,8 +160,9 @@ class CrossEntropyWithNTL(nn.Module):
         num_items_in_batch: Any = None,
         num_number_items: Any = None,
     ) -> LossOutput:
-        ntl = self.ntl(logits, labels, num_items_in_batch=num_number_items)
-        ce = cross_entropy(logits, labels, ignore_index=self.ignore_index,
-                           num_items_in_batch=num_items_in_batch)
-        ntl = ntl.float()
-        return LossOutput(ce + self.lam * ntl, ce, ntl)
+        out = fused.cross_entropy_with_ntl(
+            logits, labels, self.ntl.table(), ntl=self.ntl.loss_name, lam=self.lam,
+            ignore_index=self.ignore_index, num_items_in_batch=num_items_in_batch,
+            num_number_items=num_number_items, **self.ntl.options,
+        )
+        return LossOutput(*out)
