@@ -264,9 +264,14 @@ class NTLTrainer(Trainer):
     - ``get_batch_samples`` also counts the NTL items (number-target tokens, or numbers for
       ``number-level``) of the whole accumulated batch, summed over processes, and
       ``compute_loss`` hands that count to the loss, so the NTL term is the mean over the
-      accumulated batch's number tokens (as ``num_items_in_batch`` does for CE);
+      accumulated batch's number tokens (as ``num_items_in_batch`` does for CE). Under DDP with
+      ``average_tokens_across_devices=True`` (the default) both counts are global and
+      ``Trainer.compute_loss`` multiplies the loss by the world size, so N processes train
+      exactly as one process on the global batch (tests/test_ddp.py); with ``False`` each
+      process divides by its own counts, as the Trainer does for CE;
     - label-token counting follows ``causal`` (``labels[..., 1:]`` for causal LMs);
-    - ``log`` adds ``ce`` and ``ntl``, averaged over the logging interval like ``loss``.
+    - ``log`` adds ``ce`` and ``ntl``, averaged over the logging interval and the processes like
+      ``loss`` (so ``loss == ce + λ·ntl``).
 
     ``Seq2SeqTrainer`` users can mix it in: ``class T(NTLTrainer, Seq2SeqTrainer): pass``.
     """
@@ -365,9 +370,12 @@ class NTLTrainer(Trainer):
             last = self._ntl_last_logged_step
             steps = self.state.global_step - (last if last is not None else 0)
             sums = self.ntl_loss_func._sums
-            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            if self.args.world_size > 1:
+                # Like ``loss``: the mean over processes of what each one's loss returned, times
+                # the factor Trainer.compute_loss applies when the counts are global.
                 sums = self.accelerator.gather(sums[None]).mean(0)
-                sums = sums * (self.accelerator.num_processes // max(1, self.get_tp_size()))
+                if self.args.average_tokens_across_devices:
+                    sums = sums * (self.accelerator.num_processes // max(1, self.get_tp_size()))
             self.ntl_loss_func._sums = sums
             logs.update(self.ntl_loss_func.pop_means(steps))
             self._ntl_last_logged_step = self.state.global_step
