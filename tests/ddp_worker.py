@@ -15,6 +15,7 @@ loss per step and the final weights.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 from pathlib import Path
 
@@ -110,6 +111,10 @@ def train(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         torch.save({"losses": losses, "state": model.state_dict()}, out / f"result_{world}.pt")
     if world > 1:
+        # Free DDP's reducer while the gloo group is alive: destroying the group first can hang
+        # the worker at exit.
+        del net
+        gc.collect()
         dist.destroy_process_group()
 
 
