@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from ntl.config import PAPER, PROFILES, QUICK, SMALL, Profile, override, parse_sets, resolve
-from ntl.experiment import run_experiment
+from ntl.experiment import run_experiment, split_arms
 
 TINY = {
     "model": "t5-micro",
@@ -94,6 +94,21 @@ def test_experiment_cli_help():
                          capture_output=True, text=True, check=True).stdout
     for option in ("--profile", "--name", "--arms", "--seeds", "--set", "quick", "paper"):
         assert option in out
+
+
+def test_arms_by_commas_or_spaces_and_clear_errors(tmp_path):
+    assert split_arms(["ce,ce+ntl-was,ce+ntl-mse", "xval", "rt,rt+ntl,regression-head"]) == [
+        "ce", "ce+ntl-was", "ce+ntl-mse", "xval", "rt", "rt+ntl", "regression-head"]
+    assert split_arms(["ce:multidigit, ce:decoder,"]) == ["ce:multidigit", "ce:decoder"]
+    with pytest.raises(ValueError, match="ce more than once"):
+        split_arms(["ce,ce+ntl-was", "ce"])
+    for bad, named in ((["--arms", "ce,ce+ntl-wass"], "ntl-wass"), (["--set", "max_stepz=3"], "max_stepz")):
+        proc = subprocess.run([sys.executable, "-m", "ntl.cli", "experiment", *bad,
+                               "--runs-root", str(tmp_path)], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("ntl experiment:") and named in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing started
 
 
 def test_experiment_runs_every_kind_of_arm(tmp_path, capsys):

@@ -114,7 +114,7 @@ def test_results_json_aggregates(run_dir: Path) -> None:
 
 
 def test_markdown_rows_and_order(run_dir: Path) -> None:
-    table = build_report(run_dir)
+    table, _, _ = build_report(run_dir).partition("\n\nBeside the paper:")
     md = (run_dir / "report.md").read_text()
     assert table in md
     rows = [line for line in table.splitlines() if line.startswith("| ")][1:]  # no header
@@ -135,6 +135,34 @@ def test_markdown_rows_and_order(run_dir: Path) -> None:
     assert "t-interval across seeds" in md
     assert "### interpolate" in md and "numbers__place_value" in md
     assert "ce+ntl-was/seed2" in md
+
+
+def test_comparison_table_puts_the_papers_numbers_beside_ours(run_dir: Path) -> None:
+    printed = build_report(run_dir)
+    _, _, table = printed.partition("\n\nBeside the paper:\n\n")
+    lines = table.splitlines()
+    assert lines[0] == ("| arm | seeds | paper row | interpolate acc | paper | interpolate log-MAE | "
+                        "paper | extrapolate acc | paper | extrapolate log-MAE | paper |")
+    cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[2:]}
+    assert list(cells) == ["ce", "ce+ntl-was"]
+    ce, was = cells["ce"], cells["ce+ntl-was"]
+    assert ce[1:3] == ["2", "T5 (CE)"] and was[2] == "T5 + NTL-WAS"
+    # ours (mean [t-CI] over the two seeds) then the paper's reported value
+    assert ce[3].startswith("0.420 [") and ce[4] == "0.643"
+    assert was[3].startswith("0.530 [") and was[4] == "0.746"
+    assert was[7].startswith("0.280 [") and was[8] == "0.432"
+    assert ce[10].strip(" |") == "0.785"  # paper extrapolate log-MAE of T5 (CE)
+    assert "## Beside the paper" in (run_dir / "report.md").read_text()
+
+
+def test_paper_rows_for_our_arm_names() -> None:
+    from ntl.paper import paper_row
+
+    assert paper_row("rt+ntl")[0] == "RT + NTL-MSE"
+    assert paper_row("xval")[1]["extrapolate"]["acc"] == 0.0
+    # no counterpart in the paper: other λ, tokenizer/decoder variants, the regression head
+    for arm in ("ce+ntl-was@0.1", "ce:multidigit", "ce+ntl-was:decoder", "regression-head"):
+        assert paper_row(arm) is None, arm
 
 
 def test_pngs_are_valid(run_dir: Path) -> None:

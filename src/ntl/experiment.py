@@ -250,7 +250,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--arms",
         nargs="+",
         default=None,
-        help="arms to run (default: the profile's), e.g. ce ce+ntl-was ce+ntl-mse",
+        help="arms to run, separated by spaces or commas (default: the profile's), e.g. "
+        "ce,ce+ntl-was,ce+ntl-mse,xval,rt,rt+ntl,regression-head; variants ce:multidigit "
+        "(t5-small's own multi-digit tokenizer) and ce:decoder (decoder-only model)",
     )
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=None, help="seeds to run (default: the profile's)"
@@ -261,20 +263,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def split_arms(items: Sequence[str]) -> list[str]:
+    """``["ce,ce+ntl-was", "xval"]`` -> ``["ce", "ce+ntl-was", "xval"]``: commas or spaces.
+
+    Raises:
+        ValueError: an arm is named twice (it would train the same runs twice).
+    """
+    arms = [arm.strip() for item in items for arm in item.split(",") if arm.strip()]
+    twice = sorted({arm for arm in arms if arms.count(arm) > 1})
+    if twice:
+        raise ValueError(f"--arms names {', '.join(twice)} more than once; name each arm once")
+    return arms
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ntl experiment``."""
-    values: dict[str, Any] = parse_sets(args.sets)
-    if args.arms:
-        values["arms"] = list(args.arms)
-    if args.seeds:
-        values["seeds"] = list(args.seeds)
-    profile = resolve(get_profile(args.profile), values)
     from ntl.encodings import is_encoding_arm
     from ntl.train import parse_arm
 
-    for arm in profile.arms:
-        if not is_encoding_arm(arm):
-            parse_arm(arm, profile.lam)  # fail early on a bad arm name
+    try:
+        values: dict[str, Any] = parse_sets(args.sets)
+        if args.arms:
+            values["arms"] = split_arms(args.arms)
+        if args.seeds:
+            values["seeds"] = list(args.seeds)
+        profile = resolve(get_profile(args.profile), values)
+        for arm in profile.arms:
+            if not is_encoding_arm(arm):
+                parse_arm(arm, profile.lam)  # fail early on a bad arm name
+    except (KeyError, ValueError) as exc:
+        # a bad --arms / --set / --profile: one line naming the value, not a traceback
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"ntl experiment: {message}", file=sys.stderr)
+        return 2
     run_experiment(
         profile,
         args.name or profile.name,

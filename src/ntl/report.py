@@ -40,6 +40,7 @@ __all__ = [
     "aggregate_seeds",
     "METRIC_BOUNDS",
     "main_table",
+    "comparison_table",
     "module_tables",
     "render_markdown",
     "plot_curves",
@@ -316,6 +317,38 @@ def main_table(results: Mapping[str, Any]) -> str:
     return _table(header, rows)
 
 
+def comparison_table(results: Mapping[str, Any]) -> str:
+    """One row per arm: our aggregate (mean [CI] over seeds) beside the paper's reported numbers.
+
+    Columns: accuracy on every split we evaluated, then accuracy and log-MAE on interpolate and
+    extrapolate with the paper's value next to ours ("–" where the paper has no such row, see
+    :func:`ntl.paper.paper_row`).
+    """
+    from ntl.paper import paper_row
+
+    splits = results["splits"]
+    ours_only = [s for s in splits if s not in ("interpolate", "extrapolate")]
+    paired = [s for s in ("interpolate", "extrapolate") if s in splits]
+    header = ["arm", "seeds", "paper row"] + [f"{s} acc" for s in ours_only]
+    for split in paired:
+        header += [f"{split} acc", "paper", f"{split} log-MAE", "paper"]
+    rows = []
+    for arm in results["arms"]:
+        found = paper_row(arm)
+        row = [arm, str(len(results["per_seed"][arm])), found[0] if found else "–"]
+        for split in ours_only:
+            overall = results["aggregate"][arm].get(split, {}).get("overall", {})
+            row.append(_fmt(overall.get("exact_match")))
+        for split in paired:
+            overall = results["aggregate"][arm].get(split, {}).get("overall", {})
+            reported = found[1].get(split, {}) if found else {}
+            for metric, key in (("exact_match", "acc"), ("log_mae", "log_mae")):
+                row.append(_fmt(overall.get(metric)))
+                row.append(f"{reported[key]:.3f}" if key in reported else "–")
+        rows.append(row)
+    return _table(header, rows)
+
+
 def module_tables(results: Mapping[str, Any]) -> str:
     """Per-module markdown tables (one per split): accuracy and log-MAE per arm, aggregated."""
     parts = []
@@ -386,6 +419,11 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         lines += ["", "Not evaluated (no eval/metrics.json): "
                   + ", ".join(f"`{m}`" for m in results["missing"])]
     lines += ["", "## Main results", "", main_table(results), ""]
+    from ntl.paper import PAPER_SETUP
+
+    lines += ["## Beside the paper", "",
+              f"Ours: the aggregate rows above. Paper: its main table ({PAPER_SETUP}).", "",
+              comparison_table(results), ""]
     modules = module_tables(results)
     if modules:
         lines += ["## Per module (aggregate over seeds)", "", modules, ""]
@@ -489,7 +527,8 @@ def build_report(run_dir: Path, *, plots: bool = True) -> str:
         plots: write the PNG plots (matplotlib, Agg).
 
     Returns:
-        The main results table as markdown (what ``ntl report`` and ``ntl experiment`` print).
+        The main results table and the table beside the paper's numbers, as markdown (what
+        ``ntl report`` and ``ntl experiment`` print).
 
     Raises:
         FileNotFoundError: no evaluated seed under ``run_dir``.
@@ -523,7 +562,7 @@ def build_report(run_dir: Path, *, plots: bool = True) -> str:
                         histories.setdefault(arm, {})[seed] = hist
         plot_curves(histories, run_dir / "curves.png")
         plot_accuracy(results, run_dir / "accuracy.png")
-    return main_table(results)
+    return f"{main_table(results)}\n\nBeside the paper:\n\n{comparison_table(results)}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
