@@ -165,6 +165,14 @@ def test_paper_rows_for_our_arm_names() -> None:
         assert paper_row(arm) is None, arm
 
 
+def test_every_arm_gets_its_own_colour() -> None:
+    from ntl.report import _arm_colors
+
+    for n in (3, 10, 11, 20):
+        colors = _arm_colors(n)
+        assert len(colors) == n and len({str(c) for c in colors}) == n, n
+
+
 def test_pngs_are_valid(run_dir: Path) -> None:
     build_report(run_dir)
     for name in ("curves.png", "accuracy.png"):

@@ -447,19 +447,29 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
     return xs, ys
 
 
+def _arm_colors(n: int) -> list[Any]:
+    """``n`` distinct colours: matplotlib's tab10 up to 10 arms, tab20 beyond (no repeats to 20)."""
+    if n <= 10:
+        return [f"C{i}" for i in range(n)]
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return [cmap(i % 20) for i in range(n)]
+
+
 def plot_curves(histories: Mapping[str, Mapping[int, list[dict[str, Any]]]], path: Path) -> None:
     """Training CE (left) and NTL (right) against step, one colour per arm, one line per seed.
 
-    ``histories`` is ``{arm: {seed: log_history}}``. The NTL panel leaves out the ``ce`` arm
-    (its loss has no NTL term) and arms that logged no NTL.
+    ``histories`` is ``{arm: {seed: log_history}}``. The NTL panel shows only arms whose
+    loss has an NTL term (``ntl`` in the name; ``ce`` and ``rt`` log it as a monitor) and that
+    logged it.
     """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax_ce, ax_ntl = fig.subplots(1, 2)
-    colors = [f"C{i}" for i in range(10)]
-    for i, (arm, seeds) in enumerate(histories.items()):
-        color = colors[i % len(colors)]
+    colors = _arm_colors(len(histories))
+    for (arm, seeds), color in zip(histories.items(), colors):
         for j, hist in enumerate(seeds.values()):
             label = arm if j == 0 else None
             xs, ys = _series(hist, "ce")
@@ -467,7 +477,7 @@ def plot_curves(histories: Mapping[str, Mapping[int, list[dict[str, Any]]]], pat
                 xs, ys = _series(hist, "loss")
             if xs:
                 ax_ce.plot(xs, ys, color=color, alpha=0.8, lw=1.2, label=label)
-            if arm != "ce":
+            if "ntl" in arm:  # ce, rt, ce:decoder... log NTL only as a monitor: not their loss
                 xs, ys = _series(hist, "ntl")
                 if xs:
                     ax_ntl.plot(xs, ys, color=color, alpha=0.8, lw=1.2, label=label)
@@ -490,6 +500,7 @@ def plot_accuracy(results: Mapping[str, Any], path: Path) -> None:
     fig = Figure(figsize=(max(8, 2.2 * len(splits) * 2), 4), layout="constrained")
     axes = fig.subplots(1, 2)
     width = 0.8 / max(len(arms), 1)
+    colors = _arm_colors(len(arms))
     for ax, metric, title in ((axes[0], "exact_match", "accuracy (exact match)"),
                               (axes[1], "log_mae", "log-MAE (lower is better)")):
         for i, arm in enumerate(arms):
@@ -504,11 +515,11 @@ def plot_accuracy(results: Mapping[str, Any], path: Path) -> None:
                 err_lo.append(max(v - lo, 0.0) if math.isfinite(lo) else 0.0)
                 err_hi.append(max(hi - v, 0.0) if math.isfinite(hi) else 0.0)
             ax.bar(xs, ys, width=width * 0.95, yerr=[err_lo, err_hi], capsize=3,
-                   color=f"C{i % 10}", label=arm)
+                   color=colors[i], label=arm)
         ax.set_xticks(range(len(splits)), splits)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7 if len(arms) > 6 else 8, ncol=2 if len(arms) > 6 else 1)
     fig.suptitle("mean over seeds, 95% CI (t across seeds; bootstrap for one seed)",
                  fontsize=9)
     fig.savefig(path, dpi=110)
