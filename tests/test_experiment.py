@@ -80,10 +80,16 @@ def test_experiment_end_to_end_and_skips_finished_stages(tmp_path, capsys):
 
     mtimes = {p: p.stat().st_mtime_ns for p in run.rglob("model.safetensors")}
     metrics = (run / "ce" / "seed0" / "eval" / "metrics.json").stat().st_mtime_ns
-    run_experiment(override(profile, {"jobs": 1}), "t", **kw)  # nothing left to do: skipped
+    run_experiment(override(profile, {"jobs": 1}), "t", command=["ntl", "experiment", "--again"],
+                   **kw)  # nothing left to do: skipped
     assert {p: p.stat().st_mtime_ns for p in run.rglob("model.safetensors")} == mtimes
     assert (run / "ce" / "seed0" / "eval" / "metrics.json").stat().st_mtime_ns == metrics
     assert "done, skipped" in capsys.readouterr().out
+    # every invocation on the folder is kept and named in the report
+    info = json.loads((run / "experiment.json").read_text())
+    assert info["commands"] == ["ntl experiment", "ntl experiment --again"]
+    assert ("Experiment commands: `ntl experiment`; then `ntl experiment --again`"
+            in (run / "report.md").read_text())
 
     with pytest.raises(ValueError, match="different profile"):
         run_experiment(override(profile, {"lr": 0.5}), "t", **kw)

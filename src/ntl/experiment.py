@@ -122,6 +122,12 @@ def _train_and_eval(
     return stages
 
 
+def _commands(info: dict[str, Any], command: str | None) -> list[str]:
+    """The commands recorded in an earlier ``experiment.json`` plus ``command`` (no repeats)."""
+    old = info.get("commands") or ([info["command"]] if info.get("command") else [])
+    return list(dict.fromkeys([*old, *([command] if command else [])]))
+
+
 def _log(msg: str) -> None:
     print(f"[ntl experiment] {msg}", flush=True)
 
@@ -172,6 +178,8 @@ def run_experiment(
         "name": name,
         "profile": {**profile.to_dict(), "arms": arms_done, "seeds": seeds_done},
         "command": shlex.join(command) if command else None,
+        # every invocation that added arms/seeds to this folder, oldest first
+        "commands": _commands(info, shlex.join(command) if command else None),
         "machine": _machine(),
         "stages": stages,
     }

@@ -114,6 +114,9 @@ def _experiment_arms(info: Mapping[str, Any]) -> list[str]:
 
 
 def _experiment_command(info: Mapping[str, Any]) -> str | None:
+    commands = info.get("commands")
+    if isinstance(commands, list) and commands:
+        return "\n".join(str(c) for c in commands)  # one line per invocation, oldest first
     for key in ("command", "command_line", "cmd", "argv"):
         value = info.get(key)
         if isinstance(value, str) and value.strip():
@@ -320,16 +323,17 @@ def main_table(results: Mapping[str, Any]) -> str:
 def comparison_table(results: Mapping[str, Any]) -> str:
     """One row per arm: our aggregate (mean [CI] over seeds) beside the paper's reported numbers.
 
-    Columns: accuracy on every split we evaluated, then accuracy and log-MAE on interpolate and
-    extrapolate with the paper's value next to ours ("–" where the paper has no such row, see
-    :func:`ntl.paper.paper_row`).
+    Columns: accuracy and log-MAE on the splits the paper has no counterpart for (``valid``),
+    then on interpolate and extrapolate with the paper's value next to ours ("–" where the paper
+    has no such row, see :func:`ntl.paper.paper_row`).
     """
     from ntl.paper import paper_row
 
     splits = results["splits"]
     ours_only = [s for s in splits if s not in ("interpolate", "extrapolate")]
     paired = [s for s in ("interpolate", "extrapolate") if s in splits]
-    header = ["arm", "seeds", "paper row"] + [f"{s} acc" for s in ours_only]
+    header = ["arm", "seeds", "paper row"]
+    header += [f"{s} {label}" for s in ours_only for label in ("acc", "log-MAE")]
     for split in paired:
         header += [f"{split} acc", "paper", f"{split} log-MAE", "paper"]
     rows = []
@@ -338,7 +342,7 @@ def comparison_table(results: Mapping[str, Any]) -> str:
         row = [arm, str(len(results["per_seed"][arm])), found[0] if found else "–"]
         for split in ours_only:
             overall = results["aggregate"][arm].get(split, {}).get("overall", {})
-            row.append(_fmt(overall.get("exact_match")))
+            row += [_fmt(overall.get("exact_match")), _fmt(overall.get("log_mae"))]
         for split in paired:
             overall = results["aggregate"][arm].get(split, {}).get("overall", {})
             reported = found[1].get(split, {}) if found else {}
@@ -392,7 +396,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines = [f"# Report: {Path(run_dir).name}", ""]
     lines.append(f"Produced by: `{results['produced_by']}`  ")
     if results.get("experiment_command"):
-        lines.append(f"Experiment command: `{results['experiment_command']}`  ")
+        commands = results["experiment_command"].splitlines()
+        label = "Experiment command" + ("s" if len(commands) > 1 else "")
+        lines.append(f"{label}: " + "; then ".join(f"`{c}`" for c in commands) + "  ")
     mach = results["machine"]
     lines.append(
         f"Machine (report): {mach['platform']}, {mach['cpu_count']} CPUs, "
