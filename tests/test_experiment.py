@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import sys
 import pytest
 
 from ntl.config import PAPER, PROFILES, QUICK, SMALL, Profile, override, parse_sets, resolve
-from ntl.experiment import run_experiment, split_arms
+from ntl.experiment import run_experiment
 
 TINY = {
     "model": "t5-micro",
@@ -103,11 +104,20 @@ def test_experiment_cli_help():
 
 
 def test_arms_by_commas_or_spaces_and_clear_errors(tmp_path):
-    assert split_arms(["ce,ce+ntl-was,ce+ntl-mse", "xval", "rt,rt+ntl,regression-head"]) == [
-        "ce", "ce+ntl-was", "ce+ntl-mse", "xval", "rt", "rt+ntl", "regression-head"]
-    assert split_arms(["ce:multidigit, ce:decoder,"]) == ["ce:multidigit", "ce:decoder"]
+    from ntl.experiment import add_arguments, profile_from_args
+
+    def arms_of(*given: str) -> tuple[str, ...]:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        return profile_from_args(parser.parse_args(["--arms", *given])).arms
+
+    assert arms_of("ce,ce+ntl-was,ce+ntl-mse", "xval", "rt,rt+ntl,regression-head") == (
+        "ce", "ce+ntl-was", "ce+ntl-mse", "xval", "rt", "rt+ntl", "regression-head")
+    assert arms_of("ce:multidigit, ce:decoder,") == ("ce:multidigit", "ce:decoder")
     with pytest.raises(ValueError, match="ce more than once"):
-        split_arms(["ce,ce+ntl-was", "ce"])
+        arms_of("ce,ce+ntl-was", "ce")
+    with pytest.raises(ValueError, match="seeds names 1 more than once"):
+        resolve("quick", ["seeds=0,1,1"])
     for bad, named in ((["--arms", "ce,ce+ntl-wass"], "ntl-wass"), (["--set", "max_stepz=3"], "max_stepz")):
         proc = subprocess.run([sys.executable, "-m", "ntl.cli", "experiment", *bad,
                                "--runs-root", str(tmp_path)], capture_output=True, text=True)

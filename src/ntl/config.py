@@ -273,6 +273,10 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
+#: Tuple fields whose items each start runs: a repeated item is an error, not a no-op.
+_NO_REPEATS = ("arms", "seeds")
+
+
 def override(profile: Profile, values: Mapping[str, Any]) -> Profile:
     """A copy of ``profile`` with ``values`` (strings or typed) converted to the field types.
 
@@ -288,6 +292,10 @@ def override(profile: Profile, values: Mapping[str, Any]) -> Profile:
             changes[key] = _coerce(key, value, types[key])
         except (TypeError, ValueError, json.JSONDecodeError) as e:
             raise ValueError(f"cannot set {key}={value!r}: {e}") from None
+        if key in _NO_REPEATS:
+            twice = sorted({str(v) for v in changes[key] if changes[key].count(v) > 1})
+            if twice:  # the same arm x seed twice would train into one folder from two processes
+                raise ValueError(f"{key} names {', '.join(twice)} more than once; name each once")
     return dataclasses.replace(profile, **changes)
 
 

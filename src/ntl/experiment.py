@@ -174,12 +174,13 @@ def run_experiment(
     stages: dict[str, Any] = dict(info.get("stages", {}))
     arms_done = list(dict.fromkeys([*info.get("profile", {}).get("arms", []), *profile.arms]))
     seeds_done = sorted(set(info.get("profile", {}).get("seeds", [])) | set(profile.seeds))
+    command_line = shlex.join(command) if command else None
     record = {
         "name": name,
         "profile": {**profile.to_dict(), "arms": arms_done, "seeds": seeds_done},
-        "command": shlex.join(command) if command else None,
+        "command": command_line,
         # every invocation that added arms/seeds to this folder, oldest first
-        "commands": _commands(info, shlex.join(command) if command else None),
+        "commands": _commands(info, command_line),
         "machine": _machine(),
         "stages": stages,
     }
@@ -271,34 +272,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def split_arms(items: Sequence[str]) -> list[str]:
-    """``["ce,ce+ntl-was", "xval"]`` -> ``["ce", "ce+ntl-was", "xval"]``: commas or spaces.
+def profile_from_args(args: argparse.Namespace) -> Profile:
+    """The profile ``ntl experiment`` runs: ``--profile`` with ``--set``, ``--arms``, ``--seeds``.
 
-    Raises:
-        ValueError: an arm is named twice (it would train the same runs twice).
+    ``--arms`` items may hold several arms separated by commas (the profile's list syntax, as
+    in ``--set arms=a,b``). Raises ``KeyError``/``ValueError`` naming a bad field, value or arm.
     """
-    arms = [arm.strip() for item in items for arm in item.split(",") if arm.strip()]
-    twice = sorted({arm for arm in arms if arms.count(arm) > 1})
-    if twice:
-        raise ValueError(f"--arms names {', '.join(twice)} more than once; name each arm once")
-    return arms
+    from ntl.encodings import is_encoding_arm
+    from ntl.train import parse_arm
+
+    values: dict[str, Any] = parse_sets(args.sets)
+    if args.arms:
+        values["arms"] = ",".join(args.arms)
+    if args.seeds:
+        values["seeds"] = list(args.seeds)
+    profile = resolve(get_profile(args.profile), values)
+    for arm in profile.arms:
+        if not is_encoding_arm(arm):
+            parse_arm(arm, profile.lam)  # fail early on a bad arm name
+    return profile
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ntl experiment``."""
-    from ntl.encodings import is_encoding_arm
-    from ntl.train import parse_arm
-
     try:
-        values: dict[str, Any] = parse_sets(args.sets)
-        if args.arms:
-            values["arms"] = split_arms(args.arms)
-        if args.seeds:
-            values["seeds"] = list(args.seeds)
-        profile = resolve(get_profile(args.profile), values)
-        for arm in profile.arms:
-            if not is_encoding_arm(arm):
-                parse_arm(arm, profile.lam)  # fail early on a bad arm name
+        profile = profile_from_args(args)
     except (KeyError, ValueError) as exc:
         # a bad --arms / --set / --profile: one line naming the value, not a traceback
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
