@@ -8,6 +8,10 @@
   generation and evaluation (measured figures: notes/quick_profile.md).
 - ``small``: the setting behind README claims: three seeds per arm, three arithmetic modules
   (50k training examples each) at entropy 3-6, 3000 steps (~1 hour on 2 CPU cores).
+- ``finetune``: the paper's regime at ``small``'s scale: per seed a CE *base* model is trained on
+  half of each module's training examples (cached under ``runs/bases/``, reused by every arm and
+  experiment that shares it), then every arm fine-tunes that base on the other half with the
+  paper's optimizer shape (lr 1e-4, constant, no warm-up).
 - ``paper``: the paper's T5-base recipe (13 modules, 1.05M steps, batch 32, lr 1e-4, AdamW with
   weight decay 0.01, reduce-on-plateau, beam 4): for a GPU, documented and runnable, not run in CI.
 
@@ -36,6 +40,12 @@ class Profile:
     Data fields map onto :class:`ntl.data.mathematics.DataSpec` (``data_seed`` -> ``seed``).
     Training is counted in optimizer steps (``max_steps`` × ``batch_size`` × ``grad_accum``
     examples), so arms are compared at equal steps on the same examples in the same order.
+    ``train_slice`` picks a fraction of each module's training examples (see
+    :func:`ntl.data.mathematics.module_slice`). With ``base_steps > 0`` every arm starts from a
+    CE base model trained first for ``base_steps`` steps (``base_lr``, ``base_warmup_steps``,
+    ``base_lr_scheduler``) on the first ``base_fraction`` of each module; the arms then train
+    on the rest. ``ntl_label_tokens`` restricts the NTL softmax to the number tokens that occur
+    as training labels (the paper's 10 digits with a digit-split tokenizer).
     ``threads`` is torch's intra-op thread count per process (``None``: torch's default, one per
     core); ``jobs`` is how many arm x seed runs ``ntl experiment`` trains and evaluates at once,
     in separate processes. Tiny models run best single-threaded, several at a time: a second
@@ -58,12 +68,20 @@ class Profile:
     split_digits: bool = True
     restrict_vocab: bool = True
     number_mode: str = "digits"
+    ntl_label_tokens: bool = True
     model: str = "t5-tiny"
     dropout: float | None = None
     # ---- arms
     arms: tuple[str, ...] = DEFAULT_ARMS
     seeds: tuple[int, ...] = (0,)
     lam: float = 0.3
+    # ---- warm start: a CE base model per seed, then every arm fine-tunes it
+    base_steps: int = 0
+    base_fraction: float = 0.5
+    base_lr: float = 1e-3
+    base_warmup_steps: int = 200
+    base_lr_scheduler: str = "linear"
+    train_slice: tuple[float, float] = (0.0, 1.0)
     # ---- training
     max_steps: int = 2_000
     batch_size: int = 64
@@ -177,6 +195,42 @@ SMALL = Profile(
     max_new_tokens=24,
 )
 
+FINETUNE = Profile(
+    name="finetune",
+    description=(
+        "the paper's warm-start regime, small scale: per seed a CE base (T5 d=128 3+3 layers, "
+        "3000 steps of 64, lr 1e-3) on half of add_or_sub + add_sub_multiple + mul at entropy "
+        "3-6 (100k each), then each arm fine-tunes it 1000 steps on the other half at lr 1e-4 "
+        "constant; 3 seeds"
+    ),
+    modules=("arithmetic__add_or_sub", "arithmetic__add_sub_multiple", "arithmetic__mul"),
+    difficulty="train-easy",
+    entropy=(3.0, 6.0),
+    n_train=100_000,
+    n_valid=500,
+    n_interpolate=500,
+    n_extrapolate=500,
+    model="t5-tiny",
+    arms=DEFAULT_ARMS,
+    seeds=(0, 1, 2),
+    base_steps=3_000,
+    base_fraction=0.5,
+    base_lr=1e-3,
+    base_warmup_steps=200,
+    base_lr_scheduler="linear",
+    max_steps=1_000,
+    batch_size=64,
+    lr=1e-4,
+    warmup_steps=0,
+    lr_scheduler="constant",
+    save_steps=500,
+    logging_steps=50,
+    threads=1,
+    jobs=2,
+    eval_batch_size=250,
+    max_new_tokens=24,
+)
+
 PAPER = Profile(
     name="paper",
     description=(
@@ -209,7 +263,34 @@ PAPER = Profile(
     max_new_tokens=32,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, SMALL, PAPER)}
+PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, SMALL, FINETUNE, PAPER)}
+
+
+def base_profile(profile: Profile) -> Profile:
+    """The profile of the CE base model that ``profile``'s arms fine-tune (its own training
+    fields from the ``base_*`` ones, the first ``base_fraction`` of the data)."""
+    if profile.base_steps <= 0:
+        raise ValueError(f"profile {profile.name!r} has no base stage (base_steps={profile.base_steps})")
+    if not 0.0 < profile.base_fraction < 1.0:
+        raise ValueError(f"base_fraction={profile.base_fraction} must be in (0, 1)")
+    return dataclasses.replace(
+        profile,
+        arms=("ce",),
+        max_steps=profile.base_steps,
+        lr=profile.base_lr,
+        warmup_steps=profile.base_warmup_steps,
+        lr_scheduler=profile.base_lr_scheduler,
+        train_slice=(0.0, profile.base_fraction),
+        base_steps=0,
+    )
+
+
+def arm_profile(profile: Profile) -> Profile:
+    """The profile an arm trains with: after a base stage, the data the base did not see."""
+    if profile.base_steps <= 0:
+        return profile
+    base_profile(profile)  # validates base_fraction
+    return dataclasses.replace(profile, train_slice=(profile.base_fraction, 1.0))
 
 
 # ---------------------------------------------------------------------- overrides

@@ -7,7 +7,9 @@ Stages, each skipped when its output is complete (so re-running after a kill res
 
 1. data: ``ntl.data.mathematics.generate`` (cached under ``--data-root``);
 2. tokenizer: one digit-level tokenizer for all arms, in ``runs/NAME/tokenizer/``;
-3. train: every arm x seed into ``runs/NAME/<arm>/seed<k>/`` (a killed arm resumes from its last
+2b. base (profiles with ``base_steps > 0``, e.g. ``finetune``): one CE base model per seed,
+   cached in ``RUNS_ROOT/bases/<hash>/seed<k>/`` and reused by every experiment that shares it;
+3. train: every arm x seed (fine-tuning the seed's base when there is one) into ``runs/NAME/<arm>/seed<k>/`` (a killed arm resumes from its last
    checkpoint; arms are compared at equal optimizer steps on the same examples in the same order);
 4. eval: ``eval/<split>.jsonl`` and ``eval/metrics.json`` per arm x seed;
 5. report: ``results.json``, ``report.md``, ``curves.png``, ``accuracy.png``; the main table is
@@ -30,8 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ntl.config import Profile, get_profile, parse_sets, resolve
-from ntl.train import add_profile_arguments
+from ntl.config import Profile, arm_profile, get_profile, parse_sets, resolve
+from ntl.train import add_profile_arguments, base_dir
 
 # Fields that may differ between invocations on the same run folder (they select work, they
 # do not change results).
@@ -80,8 +82,14 @@ def _train_and_eval(
     tok_dir: Path,
     progress: bool,
     parent_pid: int | None = None,
+    init_from: Path | None = None,
+    arm_dir: Path | None = None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
-    """Train (or resume, or skip) and evaluate (or skip) one arm x seed; return stage timings."""
+    """Train (or resume, or skip) and evaluate (or skip) one arm x seed; return stage timings.
+
+    ``arm_dir`` defaults to ``run_dir/<arm>/seed<k>``; ``init_from`` is the base model to
+    fine-tune (``None``: random initialisation); ``evaluate=False`` stops after training."""
     import torch
 
     from ntl.evaluate import evaluate_run, is_evaluated
@@ -89,8 +97,8 @@ def _train_and_eval(
 
     if profile.threads:
         torch.set_num_threads(int(profile.threads))
-    arm_dir = run_dir / arm / f"seed{seed}"
-    key = f"{arm}/seed{seed}"
+    arm_dir = arm_dir or run_dir / arm / f"seed{seed}"
+    key = f"{arm}/seed{seed}" if evaluate else f"base/seed{seed}"
     stages: dict[str, Any] = {}
     if not is_trained(arm_dir):
         _log(f"train {key} ({profile.max_steps} steps)")
@@ -106,12 +114,15 @@ def _train_and_eval(
             resume=True,
             progress=progress,
             callbacks=callbacks,
+            init_from=init_from,
         )
         stages[f"train {key}_s"] = round(time.time() - t0, 1)
         stages[f"train {key} steps/s"] = summary.get("steps_per_second")
         _log(f"train {key}: done in {stages[f'train {key}_s']} s")
     else:
         _log(f"train {key}: done, skipped")
+    if not evaluate:
+        return stages
     if not is_evaluated(arm_dir, profile.eval_splits):
         _log(f"eval {key}")
         t0 = time.time()
@@ -189,6 +200,11 @@ def run_experiment(
         exp_path.write_text(json.dumps(record, indent=2) + "\n")
 
     log = _log
+    if len(profile.seeds) < 3:
+        log(
+            f"note: {len(profile.seeds)} seed(s) per arm cannot decide between arms (seed-to-seed "
+            "spread is as large as the differences); use >= 3 seeds, e.g. --profile small"
+        )
 
     # 1. data
     t0 = time.time()
@@ -204,37 +220,29 @@ def run_experiment(
     record["tokenizer"] = {"path": str(tok_dir), "size": len(tokenizer)}
     save()
 
-    # 3. train, 4. eval: every arm x seed, `jobs` at a time
-    tasks = [(arm, seed) for seed in profile.seeds for arm in profile.arms]
-    jobs = max(1, min(int(profile.jobs), len(tasks)))
-    if jobs == 1:
-        for arm, seed in tasks:
-            stages.update(_train_and_eval(profile, arm, seed, run_dir, data_paths, tok_dir, progress))
-            save()
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+    # 2b. bases, 3. train, 4. eval: every arm x seed, `jobs` at a time
+    bases: dict[int, Path] = {}
+    base_tasks: list[dict[str, Any]] = []
+    if profile.base_steps > 0:
+        from ntl.config import base_profile
 
-        log(f"{len(tasks)} runs, {jobs} at a time (progress bars off; training logs interleave)")
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(
-                    _train_and_eval,
-                    profile,
-                    arm,
-                    seed,
-                    run_dir,
-                    data_paths,
-                    tok_dir,
-                    False,
-                    os.getpid(),
-                )
-                for arm, seed in tasks
-            ]
-            for future in as_completed(futures):
-                stages.update(future.result())
-                save()
+        bprofile = base_profile(profile)
+        for seed in profile.seeds:
+            bases[seed] = base_dir(bprofile, seed, runs_root, data_paths)
+            base_tasks.append(dict(profile=bprofile, arm="ce", seed=seed, arm_dir=bases[seed],
+                                   evaluate=False))
+        record["bases"] = {str(k): str(v) for k, v in bases.items()}
+        save()
+    aprofile = arm_profile(profile)
+    arm_tasks = [
+        dict(profile=aprofile, arm=arm, seed=seed,
+             init_from=bases[seed] / "final" if seed in bases else None)
+        for seed in profile.seeds
+        for arm in profile.arms
+    ]
+    for phase, tasks in (("base", base_tasks), ("arms", arm_tasks)):
+        if tasks:
+            _run_tasks(tasks, run_dir, data_paths, tok_dir, progress, profile.jobs, stages, save)
 
     # 5. report
     if report:
@@ -247,6 +255,41 @@ def run_experiment(
         print(table)
         log(f"report: {run_dir / 'report.md'}")
     return record
+
+
+def _run_tasks(
+    tasks: list[dict[str, Any]],
+    run_dir: Path,
+    data_paths: dict[str, Path],
+    tok_dir: Path,
+    progress: bool,
+    jobs: int,
+    stages: dict[str, Any],
+    save: Any,
+) -> None:
+    """Run :func:`_train_and_eval` for each task (keyword dicts), ``jobs`` at a time in worker
+    processes (in this process when ``jobs`` is 1); record stage timings as they finish."""
+    jobs = max(1, min(int(jobs), len(tasks)))
+    if jobs == 1:
+        for task in tasks:
+            stages.update(_train_and_eval(run_dir=run_dir, data_paths=data_paths, tok_dir=tok_dir,
+                                          progress=progress, **task))
+            save()
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    _log(f"{len(tasks)} runs, {jobs} at a time (progress bars off; training logs interleave)")
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(_train_and_eval, run_dir=run_dir, data_paths=data_paths, tok_dir=tok_dir,
+                        progress=False, parent_pid=os.getpid(), **task)
+            for task in tasks
+        ]
+        for future in as_completed(futures):
+            stages.update(future.result())
+            save()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -288,7 +331,13 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
         values["seeds"] = list(args.seeds)
     profile = resolve(get_profile(args.profile), values)
     for arm in profile.arms:
-        if not is_encoding_arm(arm):
+        if is_encoding_arm(arm):
+            if profile.base_steps > 0:
+                raise ValueError(
+                    f"arm {arm!r} has its own model and cannot fine-tune the CE base of profile "
+                    f"{profile.name!r}; run it with a from-scratch profile (e.g. --profile small)"
+                )
+        else:
             parse_arm(arm, profile.lam)  # fail early on a bad arm name
     return profile
 

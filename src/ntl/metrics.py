@@ -25,6 +25,13 @@ plain number (``-12``, ``0.5``, ``3``):
 
 Exact match (:func:`is_exact_match`) is float equality of the parsed values: ``3.50`` matches
 ``3.5``, but ``0.30000000000000004`` does not match ``0.3``; no tolerance.
+
+**Paper accuracy** (:func:`paper_number`, :func:`is_paper_correct`) is the metric the paper
+reports as "accuracy", kept beside exact match because the two differ: the *last* number in the
+text, read leniently (a sign may stand apart from its digits: ``x = - 12`` is -12; anything
+around it is allowed), compared with ``numpy.isclose`` at numpy's defaults (``rtol=1e-5``,
+``atol=1e-8``). On a 10-digit answer that tolerance forgives an error in the last digit
+(``1234567891`` counts for ``1234567890``), so paper accuracy is >= exact match up to parsing.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ __all__ = [
     "METRIC_NAMES",
     "parse_number",
     "is_exact_match",
+    "paper_number",
+    "is_paper_correct",
     "signed_log",
     "compute_metrics",
     "metrics_by_module",
@@ -54,6 +63,7 @@ __all__ = [
 #: Keys of a METRICS dict besides ``"n"``, in report order.
 METRIC_NAMES: tuple[str, ...] = (
     "exact_match",
+    "paper_accuracy",
     "mae",
     "median_ae",
     "r2",
@@ -136,6 +146,42 @@ def is_exact_match(pred_text: str | None, target_text: str) -> bool:
     return pred is not None and pred == target
 
 
+_LENIENT_NUMBER_RE = re.compile(r"(?P<sign>[-+]\s*)?(?P<body>\d+(?:\.\d*)?|\.\d+)")
+
+
+def paper_number(text: str | None) -> float | None:
+    """The last number in ``text`` by the paper's lenient rule; ``None`` when there is none.
+
+    A sign may be separated from the digits by spaces (``"x = - 12"`` -> -12.0), text around
+    the number is ignored (``"3/4"`` -> 4.0, ``"12abc"`` -> 12.0), the unicode minus counts as
+    ``-``. Thousands separators and exponents are not read (``1,000`` -> 0.0, as a plain
+    last-number scan does).
+    """
+    if text is None:
+        return None
+    matches = list(_LENIENT_NUMBER_RE.finditer(str(text).replace("\u2212", "-")))
+    if not matches:
+        return None
+    m = matches[-1]
+    value = float(m.group("body"))
+    value = -value if (m.group("sign") or "").startswith("-") else value
+    return value if math.isfinite(value) else None
+
+
+def is_paper_correct(pred_text: str | None, target_text: str) -> bool:
+    """The paper's accuracy for one example: ``numpy.isclose(last number of pred_text, target)``
+    with numpy's default tolerances (``rtol=1e-5``, ``atol=1e-8``).
+
+    Raises:
+        ValueError: the target is not a single number.
+    """
+    target = parse_number(target_text)
+    if target is None:
+        raise ValueError(f"target answer {target_text!r} is not a single number")
+    pred = paper_number(pred_text)
+    return pred is not None and bool(np.isclose(pred, target))
+
+
 def signed_log(x: np.ndarray | float) -> np.ndarray:
     """``sign(x)·log10(|x|+1)``, the paper's scale for log-MAE and log-R² (float64 array)."""
     x = np.asarray(x, dtype=np.float64)
@@ -151,8 +197,11 @@ def signed_log(x: np.ndarray | float) -> np.ndarray:
 _CHUNK_ELEMENTS = 1_000_000
 
 
-def _stats(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-    """All metrics for each row of (R, n) arrays; ``pred`` is 0 where invalid. Returns (R,) arrays.
+def _stats(
+    pred: np.ndarray, target: np.ndarray, valid: np.ndarray, paper_ok: np.ndarray
+) -> dict[str, np.ndarray]:
+    """All metrics for each row of (R, n) arrays; ``pred`` is 0 where invalid, ``paper_ok`` the
+    per-example paper-accuracy hits. Returns (R,) arrays.
 
     Rows with no valid prediction give NaN for the MAE-type metrics; rows whose valid targets are
     constant (or fewer than two) give NaN R².
@@ -163,6 +212,7 @@ def _stats(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> dict[str,
     out: dict[str, np.ndarray] = {}
     with np.errstate(invalid="ignore", divide="ignore"):
         out["exact_match"] = (valid & (pred == target)).sum(axis=1) / n
+        out["paper_accuracy"] = paper_ok.sum(axis=1) / n
         out["invalid_rate"] = 1.0 - n_valid / n
         for prefix, p, t in (
             ("", pred, target),
@@ -196,12 +246,16 @@ def compute_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    paper_preds: Sequence[float | None] | None = None,
 ) -> dict[str, Any]:
-    """Exact match, MAE, median AE, R², log-MAE, log-R² and invalid rate, with bootstrap CIs.
+    """Exact match, paper accuracy, MAE, median AE, R², log-MAE, log-R² and invalid rate, with
+    bootstrap CIs.
 
     Args:
         preds: parsed predictions, ``None`` (or NaN) for an invalid answer; length n.
         targets: target values, finite floats; length n.
+        paper_preds: the predictions read by the paper's rule (:func:`paper_number`), for
+            ``paper_accuracy`` (``numpy.isclose`` to the target); ``None``: ``preds``.
         n_boot: bootstrap replicates (examples resampled with replacement, the same resample for
             every metric). ``0`` gives ``lo == hi == value``.
         seed: seed of the resampling (``numpy.random.default_rng``); same inputs and seed give
@@ -234,8 +288,18 @@ def compute_metrics(
     valid = np.isfinite(pred)
     pred = np.where(valid, pred, 0.0)
     n = len(target)
+    if paper_preds is None:
+        paper = np.where(valid, pred, np.nan)
+    elif len(paper_preds) != n:
+        raise ValueError(f"paper_preds and targets differ in length: {len(paper_preds)} vs {n}")
+    else:
+        paper = np.array([np.nan if p is None else float(p) for p in paper_preds], dtype=np.float64)
+    paper_ok = np.isclose(paper, target)  # NaN (no number) is never close
 
-    point = {k: float(v[0]) for k, v in _stats(pred[None], target[None], valid[None]).items()}
+    point = {
+        k: float(v[0])
+        for k, v in _stats(pred[None], target[None], valid[None], paper_ok[None]).items()
+    }
     result: dict[str, Any] = {"n": int(n)}
     if n == 0 or n_boot == 0:
         for name in METRIC_NAMES:
@@ -247,7 +311,7 @@ def compute_metrics(
     reps: dict[str, list[np.ndarray]] = {name: [] for name in METRIC_NAMES}
     for start in range(0, n_boot, chunk):
         idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        for name, vals in _stats(pred[idx], target[idx], valid[idx]).items():
+        for name, vals in _stats(pred[idx], target[idx], valid[idx], paper_ok[idx]).items():
             reps[name].append(vals)
     alpha = 100.0 * (1.0 - confidence) / 2.0
     for name in METRIC_NAMES:
@@ -285,6 +349,7 @@ def metrics_by_module(
         ValueError: a record's answer is not a single number.
     """
     preds: list[float | None] = []
+    paper_preds: list[float | None] = []
     targets: list[float] = []
     modules: list[str] = []
     for i, rec in enumerate(records):
@@ -298,6 +363,8 @@ def metrics_by_module(
         ok = rec.get("valid", parsed is not None) and parsed is not None
         value = float(parsed) if ok else None
         preds.append(value if value is not None and math.isfinite(value) else None)
+        # the paper's reading needs the generated text; records without it reuse ``parsed``
+        paper_preds.append(paper_number(rec["prediction"]) if "prediction" in rec else preds[-1])
         targets.append(target)
         modules.append(str(rec.get("module", "")))
     per_module: dict[str, Any] = {}
@@ -305,10 +372,11 @@ def metrics_by_module(
     for module in sorted(set(modules)):
         sel = np.flatnonzero(mod_arr == module)
         per_module[module] = compute_metrics(
-            [preds[i] for i in sel], [targets[i] for i in sel], n_boot=n_boot, seed=seed
+            [preds[i] for i in sel], [targets[i] for i in sel], n_boot=n_boot, seed=seed,
+            paper_preds=[paper_preds[i] for i in sel],
         )
     return {
-        "overall": compute_metrics(preds, targets, n_boot=n_boot, seed=seed),
+        "overall": compute_metrics(preds, targets, n_boot=n_boot, seed=seed, paper_preds=paper_preds),
         "per_module": per_module,
     }
 

@@ -174,6 +174,23 @@ class NumberVocab:
             raise ValueError("with_vocab_size needs a vocab built from a tokenizer.")
         return NumberVocab(token_to_id, self.mode, vocab_size, tokenizer=self._tokenizer)
 
+    def restricted(self, token_ids: Iterable[int]) -> NumberVocab:
+        """A copy whose number tokens are only those among ``token_ids`` (e.g. the tokens that
+        occur as labels): the NTL softmax then runs over them alone. With a digit-split
+        tokenizer whose labels hold bare digits, this drops the marker forms (``▁7``), on which
+        probability mass would otherwise cost nothing in NTL-WAS when the target is ``7``."""
+        keep = torch.zeros(self.vocab_size, dtype=torch.bool)
+        ids = [int(i) for i in token_ids if 0 <= int(i) < self.vocab_size]
+        keep[ids] = True
+        new = copy.copy(self)
+        new.values = torch.where(keep, self.values, torch.full_like(self.values, float("nan")))
+        new.number_ids = torch.nonzero(~torch.isnan(new.values)).flatten()
+        new.number_values = new.values[new.number_ids]
+        kept = set(new.number_ids.tolist())
+        new.number_tokens = [t for i, t in zip(self.number_ids.tolist(), self.number_tokens) if i in kept]
+        new._tables = {}
+        return new
+
     # ------------------------------------------------------------------ queries
     @property
     def num_number_tokens(self) -> int:

@@ -54,7 +54,8 @@ __all__ = [
 SPLIT_ORDER: tuple[str, ...] = ("valid", "interpolate", "extrapolate", "train")
 #: Metrics of the main table, with their column labels.
 MAIN_METRICS: dict[str, str] = {
-    "exact_match": "acc",
+    "exact_match": "EM",
+    "paper_accuracy": "paper acc",
     "log_mae": "log-MAE",
     "log_r2": "log-R²",
     "invalid_rate": "invalid",
@@ -62,6 +63,7 @@ MAIN_METRICS: dict[str, str] = {
 #: Natural range of each metric; t-intervals across seeds are clipped to it.
 METRIC_BOUNDS: dict[str, tuple[float, float]] = {
     "exact_match": (0.0, 1.0),
+    "paper_accuracy": (0.0, 1.0),
     "invalid_rate": (0.0, 1.0),
     "mae": (0.0, math.inf),
     "median_ae": (0.0, math.inf),
@@ -323,9 +325,10 @@ def main_table(results: Mapping[str, Any]) -> str:
 def comparison_table(results: Mapping[str, Any]) -> str:
     """One row per arm: our aggregate (mean [CI] over seeds) beside the paper's reported numbers.
 
-    Columns: accuracy and log-MAE on the splits the paper has no counterpart for (``valid``),
-    then on interpolate and extrapolate with the paper's value next to ours ("–" where the paper
-    has no such row, see :func:`ntl.paper.paper_row`).
+    Columns: paper accuracy and log-MAE on the splits the paper has no counterpart for
+    (``valid``), then on interpolate and extrapolate with the paper's value next to ours ("–"
+    where the paper has no such row, see :func:`ntl.paper.paper_row`). Like with like: the
+    accuracy column is *paper accuracy* (last number, ``numpy.isclose``), the paper's metric.
     """
     from ntl.paper import paper_row
 
@@ -333,20 +336,20 @@ def comparison_table(results: Mapping[str, Any]) -> str:
     ours_only = [s for s in splits if s not in ("interpolate", "extrapolate")]
     paired = [s for s in ("interpolate", "extrapolate") if s in splits]
     header = ["arm", "seeds", "paper row"]
-    header += [f"{s} {label}" for s in ours_only for label in ("acc", "log-MAE")]
+    header += [f"{s} {label}" for s in ours_only for label in ("paper acc", "log-MAE")]
     for split in paired:
-        header += [f"{split} acc", "paper", f"{split} log-MAE", "paper"]
+        header += [f"{split} paper acc", "paper", f"{split} log-MAE", "paper"]
     rows = []
     for arm in results["arms"]:
         found = paper_row(arm)
         row = [arm, str(len(results["per_seed"][arm])), found[0] if found else "–"]
         for split in ours_only:
             overall = results["aggregate"][arm].get(split, {}).get("overall", {})
-            row += [_fmt(overall.get("exact_match")), _fmt(overall.get("log_mae"))]
+            row += [_fmt(overall.get("paper_accuracy")), _fmt(overall.get("log_mae"))]
         for split in paired:
             overall = results["aggregate"][arm].get(split, {}).get("overall", {})
             reported = found[1].get(split, {}) if found else {}
-            for metric, key in (("exact_match", "acc"), ("log_mae", "log_mae")):
+            for metric, key in (("paper_accuracy", "acc"), ("log_mae", "log_mae")):
                 row.append(_fmt(overall.get(metric)))
                 row.append(f"{reported[key]:.3f}" if key in reported else "–")
         rows.append(row)
@@ -354,7 +357,8 @@ def comparison_table(results: Mapping[str, Any]) -> str:
 
 
 def module_tables(results: Mapping[str, Any]) -> str:
-    """Per-module markdown tables (one per split): accuracy and log-MAE per arm, aggregated."""
+    """Per-module markdown tables (one per split): strict exact match, paper accuracy and
+    log-MAE per arm, aggregated."""
     parts = []
     for split in results["splits"]:
         arms = [a for a in results["arms"] if split in results["aggregate"][a]]
@@ -362,13 +366,14 @@ def module_tables(results: Mapping[str, Any]) -> str:
                           for mod in results["aggregate"][a][split]["per_module"]})
         if not modules:
             continue
-        header = ["module"] + [f"{a} {lbl}" for a in arms for lbl in ("acc", "log-MAE")]
+        header = ["module"] + [f"{a} {lbl}" for a in arms for lbl in ("EM", "paper acc", "log-MAE")]
         rows = []
         for mod in modules:
             row = [mod]
             for a in arms:
                 m = results["aggregate"][a][split]["per_module"].get(mod, {})
-                row += [_fmt(m.get("exact_match")), _fmt(m.get("log_mae"))]
+                row += [_fmt(m.get("exact_match")), _fmt(m.get("paper_accuracy")),
+                        _fmt(m.get("log_mae"))]
             rows.append(row)
         parts.append(f"### {split}\n\n{_table(header, rows)}")
     return "\n\n".join(parts)
@@ -417,7 +422,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
            "mean with a t-interval across seeds for arms with several seeds, the bootstrap "
            "interval for arms with one seed")
         + " (t-intervals clipped to the metric's range, e.g. accuracy in [0, 1])"
-        + ". acc = exact match of the parsed number (invalid counts as wrong); log-MAE and "
+        + ". EM = strict exact match of the one parsed number (invalid counts as wrong); "
+        "paper acc = the paper's accuracy: the last number in the text, read leniently, "
+        "numpy.isclose to the target (rtol 1e-5: forgives a last-digit error on long answers); "
+        "log-MAE and "
         "log-R² on sign(x)·log10(|x|+1) over valid answers; invalid = share of answers that "
         "are not a single number."
     )

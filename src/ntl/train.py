@@ -35,14 +35,18 @@ from ntl.config import PROFILES, Profile, get_profile, override, parse_sets, pro
 
 TOKENIZER_RECIPE = "ntl_tokenizer.json"
 _ARM_RE = re.compile(
-    r"^ce(?:\+ntl-(?P<loss>[a-z0-9_-]+?))?(?:@(?P<lam>[0-9.eE+-]+))?(?::(?P<variant>[a-z-]+))?$"
+    r"^ce(?:\+ntl-(?P<loss>[a-z][a-z_-]*?)(?P<sigma>[0-9]+(?:\.[0-9]*)?)?)?"
+    r"(?:@(?P<lam>[0-9.eE+-]+))?(?::(?P<variant>[a-z-]+))?$"
 )
+#: Losses that take a width σ as a suffix (``ce+ntl-was-soft0.5``), and its default.
+SIGMA_LOSSES: dict[str, float] = {"was-soft": 0.5}
 
 # Arm variants (``<arm>:<variant>``): profile fields a variant changes, for the paper's ablations.
 # ``multidigit``: the base tokenizer's own multi-digit pieces (T5's ``▁130``, ``3.5``), NTL over
 # every plain-decimal token (numbers mode) -- the tokenizer ablation. ``decoder``: a decoder-only
 # model of the same size name (``t5-tiny`` -> ``llama-tiny``; prompt + answer, loss on the answer
-# only) instead of T5.
+# only) instead of T5. ``alltokens``: NTL over every number token of the tokenizer (T5's ``▁7``
+# besides ``7``), not only those that occur as labels -- the token-set ablation.
 def _decoder_model(profile: Profile) -> dict[str, Any]:
     from ntl.models import MODEL_SIZES
 
@@ -53,18 +57,21 @@ def _decoder_model(profile: Profile) -> dict[str, Any]:
 ARM_VARIANTS: dict[str, Any] = {
     "multidigit": lambda profile: {"split_digits": False, "number_mode": "numbers"},
     "decoder": _decoder_model,
+    "alltokens": lambda profile: {"ntl_label_tokens": False},
 }
 
 
 # ---------------------------------------------------------------------- arms
 @dataclass(frozen=True)
 class Arm:
-    """A parsed arm name: the NTL variant and its weight λ (0 for the CE baseline)."""
+    """A parsed arm name: the NTL variant, its weight λ (0 for the CE baseline) and options
+    (``sigma`` of the soft-target loss)."""
 
     name: str
     ntl: str
     lam: float
     variant: str | None = None
+    options: tuple[tuple[str, float], ...] = ()
 
     def apply(self, profile: Profile) -> Profile:
         """The profile this arm trains with (its variant's fields replaced)."""
@@ -83,6 +90,8 @@ class Arm:
 def parse_arm(name: str, default_lam: float = 0.3) -> Arm:
     """Parse ``ce`` | ``ce+ntl-<loss>`` | ``ce+ntl-<loss>@<lam>``, each optionally followed by
     ``:<variant>`` (see `ARM_VARIANTS`, e.g. ``ce+ntl-was:multidigit``), into an :class:`Arm`.
+    The soft-target loss takes its width σ (value units) as a suffix: ``ce+ntl-was-soft0.25@0.3``
+    (default σ: `SIGMA_LOSSES`).
 
     The ``ce`` arm computes NTL-WAS with λ = 0 so its NTL curve can be compared.
     """
@@ -104,10 +113,18 @@ def parse_arm(name: str, default_lam: float = 0.3) -> Arm:
         return Arm(name, "was", 0.0, variant)
     if loss not in LOSSES:
         raise ValueError(f"arm {name!r}: unknown NTL {loss!r}; choose one of {sorted(LOSSES)}")
+    options: tuple[tuple[str, float], ...] = ()
+    if loss in SIGMA_LOSSES:
+        sigma = float(m.group("sigma")) if m.group("sigma") is not None else SIGMA_LOSSES[loss]
+        if not sigma > 0:
+            raise ValueError(f"arm {name!r}: σ must be > 0, e.g. ce+ntl-{loss}0.5")
+        options = (("sigma", sigma),)
+    elif m.group("sigma") is not None:
+        raise ValueError(f"arm {name!r}: only {sorted(SIGMA_LOSSES)} take a σ suffix")
     lam = float(m.group("lam")) if m.group("lam") is not None else float(default_lam)
     if lam < 0:
         raise ValueError(f"arm {name!r}: λ must be >= 0")
-    return Arm(name, loss, lam, variant)
+    return Arm(name, loss, lam, variant, options)
 
 
 # ---------------------------------------------------------------------- tokenizer
@@ -285,8 +302,10 @@ def train_arm(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    init_from: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Train ``arm`` with ``seed`` on ``data_paths["train"]`` into ``out_dir``.
+    """Train ``arm`` with ``seed`` on ``data_paths["train"]`` (its ``profile.train_slice``) into
+    ``out_dir``.
 
     Args:
         profile: the experiment profile (model, steps, optimizer, logging, checkpoints).
@@ -301,6 +320,8 @@ def train_arm(
         overwrite: allow starting over in a folder that already has checkpoints.
         progress: show the Trainer's progress bar.
         callbacks: extra ``transformers.TrainerCallback`` objects.
+        init_from: a saved model folder (a base's ``final/``) to start from instead of the
+            seed's random initialisation; it must use the same tokenizer.
 
     Returns:
         The content of ``train_summary.json``.
@@ -309,7 +330,7 @@ def train_arm(
     import transformers
 
     from ntl.data.collate import Collator, EncodedDataset, encode, epoch_order, pad_id
-    from ntl.data.mathematics import load_split
+    from ntl.data.mathematics import load_split, module_slice
     from ntl.encodings import is_encoding_arm
     from ntl.integrations.hf import NTLTrainer
     from ntl.losses.modules import CrossEntropyWithNTL
@@ -326,6 +347,11 @@ def train_arm(
     spec = parse_arm(arm, profile.lam)
     profile = spec.apply(profile)
     if spec.own_tokenizer:
+        if init_from is not None:
+            raise ValueError(
+                f"arm {arm!r} uses its own tokenizer and cannot fine-tune a base trained with the "
+                "experiment's tokenizer; run it in a profile without a base stage (base_steps=0)"
+            )
         tokenizer = None  # prepared from the variant's profile into out_dir/tokenizer
     if is_trained(out) and not overwrite:
         return json.loads((out / "train_summary.json").read_text())
@@ -357,16 +383,29 @@ def train_arm(
     causal = not mspec.is_encoder_decoder
     vocab_size = model_vocab_size(tokenizer)
     transformers.set_seed(seed)
-    model = build_model(mspec, vocab_size, tokenizer=tokenizer, seed=seed)
-    vocab = NumberVocab.from_tokenizer(tokenizer, mode=profile.number_mode, vocab_size=vocab_size)
-    loss = CrossEntropyWithNTL(vocab, ntl=spec.ntl, lam=spec.lam)
+    if init_from is not None:
+        from ntl.evaluate import load_model
+
+        model = load_model(init_from, causal=causal)
+        model.train()
+        if model.config.vocab_size != vocab_size:
+            raise ValueError(
+                f"{init_from} has {model.config.vocab_size} logits but the tokenizer needs "
+                f"{vocab_size}: the base was trained with another tokenizer"
+            )
+    else:
+        model = build_model(mspec, vocab_size, tokenizer=tokenizer, seed=seed)
 
     # data: a fixed, seed-determined order of examples, read sequentially
-    records = load_split(data_paths["train"])
+    records = module_slice(load_split(data_paths["train"]), *profile.train_slice)
     enc_kwargs = dict(
         max_source_length=profile.max_source_length, max_target_length=profile.max_target_length
     )
     features = encode(records, tokenizer, causal=causal, **enc_kwargs)
+    vocab = NumberVocab.from_tokenizer(tokenizer, mode=profile.number_mode, vocab_size=vocab_size)
+    if profile.ntl_label_tokens:
+        vocab = vocab.restricted({t for f in features for t in f["labels"] if t >= 0})
+    loss = CrossEntropyWithNTL(vocab, ntl=spec.ntl, lam=spec.lam, **dict(spec.options))
     total = profile.max_steps * profile.batch_size * profile.grad_accum
     train_ds = EncodedDataset(features, epoch_order(len(features), total, seed))
     eval_ds = None
@@ -380,6 +419,8 @@ def train_arm(
         "number_mode": profile.number_mode,
         "ntl": spec.ntl,
         "lam": spec.lam,
+        "ntl_options": dict(spec.options),
+        "init_from": str(Path(init_from).resolve()) if init_from is not None else None,
         "seed": seed,
         "profile": profile.to_dict(),
         "data": {k: str(Path(v).resolve()) for k, v in data_paths.items()},
@@ -433,6 +474,27 @@ def train_arm(
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+#: Profile fields that do not change what a base model learns (selection, evaluation, threads).
+_NOT_BASE_FIELDS = frozenset({
+    "name", "description", "arms", "seeds", "threads", "jobs", "eval_splits", "eval_max_examples",
+    "eval_batch_size", "num_beams", "max_new_tokens", "n_boot",
+})
+
+
+def base_dir(
+    profile: Profile, seed: int, runs_root: str | os.PathLike[str], data_paths: Mapping[str, Path]
+) -> Path:
+    """Where the CE base of ``profile`` (a :func:`ntl.config.base_profile`) for ``seed`` lives:
+    ``<runs_root>/bases/<hash>/seed<k>``, the hash covering every field that shapes the base and
+    the data it reads, so every experiment with the same base reuses it."""
+    import hashlib
+
+    fields = {k: v for k, v in profile.to_dict().items() if k not in _NOT_BASE_FIELDS}
+    fields["data"] = _data_identity(data_paths)
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(runs_root) / "bases" / digest / f"seed{seed}"
 
 
 def _step_of(checkpoint: Path) -> int:

@@ -17,6 +17,16 @@ Splits (records ``{"module", "question", "answer", "split"}``, one JSON object p
 - ``extrapolate``: the ``*_big`` / ``*_longer`` samplers (``n_extrapolate`` each), by default the
   counterparts of the chosen training modules (:data:`EXTRAPOLATE_OF`).
 
+With an explicit training ``entropy=(lo, hi)`` the test splits are *scaled* with it, so that
+they mean for our range what the generator's mean for its own: every entropy constant of the
+generator is mapped affinely from its training range onto ``(lo, hi)``. The generator's
+interpolate entropy 8 in its (3, 10) (``add_or_sub``: 12 in (4, 16)) becomes ``lo + 5/7·(hi −
+lo)`` (``add_or_sub``: ``lo + 2/3·(hi − lo)``); its extrapolate range (10, 12) (``add_or_sub``:
+(16, 20); ``numbers``: 12) lies beyond ``hi`` by the same fraction of the range; the
+``*_longer`` expressions are longer than the longest training expression *at ``hi``* by 1-3 terms,
+as the generator's are longer than its own. :func:`split_entropies` gives the numbers and
+``spec.json`` records them. Without ``entropy`` the generator's own splits are used unchanged.
+
 No question of ``valid``, ``interpolate`` or ``extrapolate`` occurs in ``train`` (any module):
 such draws are rejected and re-drawn. (The generator's own hash-based train/test split,
 ``modules/train_test_split.py``, is used only by its probability and measurement modules, none of
@@ -112,7 +122,7 @@ DIFFICULTIES: dict[str, tuple[int, int]] = {
 SPLITS: tuple[str, ...] = ("train", "valid", "interpolate", "extrapolate")
 
 #: Version of the generation procedure; part of the cache key, bump it when output changes.
-DATA_FORMAT = 1
+DATA_FORMAT = 2
 
 #: The generator's own length limits (``generate_settings.MAX_QUESTION_LENGTH`` / ``_ANSWER_``).
 MAX_QUESTION_LENGTH = 160
@@ -177,7 +187,8 @@ class DataSpec:
         entropy: optional ``(low, high)`` entropy range (log10 of the number of possible
             problems) that replaces every module's training range, ``difficulty`` then being
             ignored; e.g. ``(3.0, 6.0)`` for small CPU experiments. ``None``: use ``difficulty``.
-            Interpolate and extrapolate keep the generator's fixed ranges.
+            Interpolate and extrapolate are scaled with it (:func:`split_entropies`); with
+            ``None`` they keep the generator's fixed ranges.
         extrapolate_modules: extrapolation modules (names from :data:`EXTRAPOLATE_MODULES`), or
             ``None`` for :func:`extrapolate_modules_for` ``(modules)``.
         max_question_len, max_answer_len: drop (and re-draw) problems whose question / answer
@@ -279,6 +290,24 @@ def load_split(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def module_slice(
+    records: Iterable[Mapping[str, Any]], lo: float, hi: float
+) -> list[dict[str, Any]]:
+    """The records from fraction ``lo`` to ``hi`` of each module, in file order: each module's
+    ``n`` records contribute indices ``[floor(lo·n), floor(hi·n))``, so the mixture of modules is
+    kept and ``(0, f)`` / ``(f, 1)`` are disjoint and together give every record."""
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"slice ({lo}, {hi}) must satisfy 0 <= lo <= hi <= 1")
+    by_module: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        by_module.setdefault(str(rec.get("module", "")), []).append(dict(rec))
+    out: list[dict[str, Any]] = []
+    for recs in by_module.values():
+        n = len(recs)
+        out.extend(recs[math.floor(lo * n) : math.floor(hi * n)])
+    return out
+
+
 def load_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """Read ``spec.json`` of a cache directory: ``{"format", "hash", "key", "spec",
     "extrapolate_modules", "counts": {split: {module: n}}, "dropped": {split: {module:
@@ -319,6 +348,108 @@ def make_entropy_fn(level: int, num_levels: int) -> Callable[[tuple[float, float
     return modify_entropy
 
 
+#: Prefix of the generator's entropy constants that drive each module (``<prefix>TRAIN``,
+#: ``<prefix>INTERPOLATE``, ``<prefix>EXTRAPOLATE`` in its module group); ``_ENTROPY_`` otherwise.
+_CONSTANT_PREFIX: dict[str, str] = {
+    "arithmetic__add_or_sub": "_ADD_SUB_ENTROPY_",
+    "arithmetic__add_or_sub_big": "_ADD_SUB_ENTROPY_",
+}
+_LONGER_MODULES = frozenset(m for m in EXTRAPOLATE_MODULES if m.endswith("_longer"))
+
+
+def scale_entropy(x: float, source: tuple[float, float], target: tuple[float, float]) -> float:
+    """Map entropy ``x`` affinely from the generator's training range ``source`` onto ``target``
+    (``source[0] -> target[0]``, ``source[1] -> target[1]``; points beyond stay beyond)."""
+    (a, b), (lo, hi) = source, target
+    return lo + (x - a) * (hi - lo) / (b - a)
+
+
+def _group_constants(group: Any, prefix: str) -> dict[str, tuple[float, float]]:
+    """The ``TRAIN`` / ``INTERPOLATE`` / ``EXTRAPOLATE`` entropy ranges of ``group`` (those it has)."""
+    out = {}
+    for kind in ("TRAIN", "INTERPOLATE", "EXTRAPOLATE"):
+        value = getattr(group, prefix + kind, None)
+        if value is not None:
+            out[kind] = (float(value[0]), float(value[1]))
+    return out
+
+
+def _scaled_constants(group: Any, train: tuple[float, float]) -> dict[str, tuple[float, float]]:
+    """``{constant name: scaled range}`` for every entropy constant family of ``group``."""
+    out: dict[str, tuple[float, float]] = {}
+    for name in dir(group):
+        if not name.endswith("ENTROPY_TRAIN"):
+            continue
+        prefix = name[: -len("TRAIN")]
+        consts = _group_constants(group, prefix)
+        for kind, (a, b) in consts.items():
+            out[prefix + kind] = (
+                train if kind == "TRAIN"
+                else (scale_entropy(a, consts["TRAIN"], train), scale_entropy(b, consts["TRAIN"], train))
+            )
+    return out
+
+
+class _patched:
+    """Context manager: set module attributes, restore them on exit (the generator's test
+    samplers read their entropy constants when ``test()`` / ``test_extra()`` is called)."""
+
+    def __init__(self, module: Any, values: Mapping[str, Any]) -> None:
+        self.module, self.values = module, dict(values)
+        self.saved: dict[str, Any] = {}
+
+    def __enter__(self) -> None:
+        for name, value in self.values.items():
+            self.saved[name] = getattr(self.module, name)
+            setattr(self.module, name, value)
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, value in self.saved.items():
+            setattr(self.module, name, value)
+
+
+def split_entropies(spec: DataSpec) -> dict[str, dict[str, dict[str, Any]]]:
+    """The entropy each split of ``spec`` is drawn at, per module.
+
+    Returns ``{split: {module: {"entropy": [low, high]}}}`` (``*_longer`` modules also carry
+    ``"terms": [min, max]``, the expression length). ``train`` and ``valid`` use ``spec.entropy``
+    (or the generator's difficulty band); ``interpolate`` / ``extrapolate`` the generator's
+    ranges, scaled onto ``spec.entropy`` when it is set (module docstring).
+    """
+    from ntl.data._compat import import_generator
+
+    groups = import_generator()
+    out: dict[str, dict[str, dict[str, Any]]] = {split: {} for split in SPLITS}
+
+    def consts(module: str) -> dict[str, tuple[float, float]]:
+        group = groups[module.partition("__")[0]]
+        values = _group_constants(group, _CONSTANT_PREFIX.get(module, "_ENTROPY_"))
+        if spec.entropy is None:
+            return values
+        return {k: (scale_entropy(a, values["TRAIN"], spec.entropy),
+                    scale_entropy(b, values["TRAIN"], spec.entropy)) for k, (a, b) in values.items()}
+
+    for module in spec.modules:
+        c = consts(module)
+        train = c["TRAIN"] if spec.entropy is None else spec.entropy
+        if spec.entropy is None:
+            train = make_entropy_fn(*DIFFICULTIES[spec.difficulty])(train)
+        for split in ("train", "valid"):
+            out[split][module] = {"entropy": [round(x, 4) for x in train]}
+        out["interpolate"][module] = {"entropy": [round(x, 4) for x in c["INTERPOLATE"]]}
+    for module in spec.resolved_extrapolate_modules:
+        c = consts(module)
+        entry: dict[str, Any] = {"entropy": [round(x, 4) for x in c["EXTRAPOLATE"]]}
+        if module in _LONGER_MODULES:
+            from mathematics_dataset.sample import arithmetic as sample_arithmetic
+
+            group = groups["arithmetic"]
+            longest = sample_arithmetic.length_range_for_entropy(c["TRAIN"][1])[1]
+            entry["terms"] = [longest + 1, longest + group._EXTRAPOLATE_EXTRA_LENGTH]
+        out["extrapolate"][module] = entry
+    return out
+
+
 def _samplers(spec: DataSpec) -> dict[str, dict[str, Callable[[], Any]]]:
     """``{split: {module: sampler}}`` for the modules of ``spec``; ``valid`` shares ``train``'s."""
     from ntl.data._compat import import_generator
@@ -332,10 +463,18 @@ def _samplers(spec: DataSpec) -> dict[str, dict[str, Callable[[], Any]]]:
     else:
         entropy_fn = make_entropy_fn(*DIFFICULTIES[spec.difficulty])
 
+    def tests(method: str) -> dict[str, dict[str, Callable[[], Any]]]:
+        out = {}
+        for g, m in groups.items():
+            scaled = _scaled_constants(m, spec.entropy) if spec.entropy is not None else {}
+            with _patched(m, scaled):
+                out[g] = getattr(m, method)()
+        return out
+
     by_regime = {
         "train": {g: m.train(entropy_fn) for g, m in groups.items()},
-        "interpolate": {g: m.test() for g, m in groups.items()},
-        "extrapolate": {g: m.test_extra() for g, m in groups.items()},
+        "interpolate": tests("test"),
+        "extrapolate": tests("test_extra"),
     }
 
     def pick(regime: str, names: tuple[str, ...]) -> dict[str, Callable[[], Any]]:
@@ -468,6 +607,7 @@ def _write_all(spec: DataSpec, directory: Path, progress: bool) -> None:
         "extrapolate_modules": list(spec.resolved_extrapolate_modules),
         "counts": counts,
         "dropped": dropped,
+        "entropy": split_entropies(spec),
         "versions": _versions(),
     }
     # spec.json last: its presence (with the matching key) marks the directory complete.

@@ -305,6 +305,45 @@ def wasserstein(
                    reduction=reduction, num_items_in_batch=num_items_in_batch, dtype=dtype)
 
 
+def gaussian_targets(
+    labels: torch.Tensor, vocab: NumberVocab | NumberTable, sigma: float, ignore_index: int = -100
+) -> torch.Tensor:
+    """Gaussian-smoothed targets over the number tokens: ``q_k ∝ exp(−(v_k − y)² / 2σ²)``.
+
+    Args:
+        labels: (*S) token ids; positions whose label is not a number token get all-zero rows.
+        vocab: the number vocabulary (values ``v_k`` of its K number tokens).
+        sigma: width in the tokens' value units (digits: 0..9); must be > 0.
+
+    Returns:
+        (*S, K) float32 distributions over ``vocab.number_ids``.
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0 (value units, e.g. 0.5 digits), got {sigma}.")
+    table = as_table(vocab, labels.device)
+    y = table.values[labels.clamp(0, table.vocab_size - 1)]
+    keep = (labels != ignore_index) & ~torch.isnan(y)
+    logq = -((table.number_values - torch.nan_to_num(y)[..., None]) ** 2) / (2.0 * sigma**2)
+    return torch.softmax(logq, dim=-1) * keep[..., None]
+
+
+def soft_wasserstein(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    vocab: NumberVocab | NumberTable,
+    *,
+    sigma: float = 1.0,
+    ignore_index: int = -100,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """NTL-WAS against Gaussian-smoothed labels (:func:`gaussian_targets` with ``sigma``): the
+    W1 distance between the predicted number distribution and a bell of width ``sigma`` around
+    the label's value. Other arguments as :func:`wasserstein`."""
+    table = as_table(vocab, logits.device)
+    targets = gaussian_targets(labels, table, sigma, ignore_index)
+    return wasserstein(logits, labels, table, target_probs=targets, ignore_index=ignore_index, **kwargs)
+
+
 def _lp(kind: str, huber_delta: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """Elementwise Lp distance of a residual ``r = ŷ − y``, by name."""
     table: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -519,6 +558,7 @@ def _expectation_with(kind: str) -> Callable[..., torch.Tensor]:
 # Name -> loss function; the names used by the trainer's arms (``ce+ntl-<name>``).
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "was": wasserstein,
+    "was-soft": soft_wasserstein,
     "mse": _expectation_with("mse"),
     "mae": _expectation_with("mae"),
     "huber": _expectation_with("huber"),
