@@ -240,9 +240,7 @@ def run_experiment(
         for seed in profile.seeds
         for arm in profile.arms
     ]
-    for phase, tasks in (("base", base_tasks), ("arms", arm_tasks)):
-        if tasks:
-            _run_tasks(tasks, run_dir, data_paths, tok_dir, progress, profile.jobs, stages, save)
+    _run_tasks(base_tasks, arm_tasks, run_dir, data_paths, tok_dir, progress, profile.jobs, stages, save)
 
     # 5. report
     if report:
@@ -258,7 +256,8 @@ def run_experiment(
 
 
 def _run_tasks(
-    tasks: list[dict[str, Any]],
+    base_tasks: list[dict[str, Any]],
+    arm_tasks: list[dict[str, Any]],
     run_dir: Path,
     data_paths: dict[str, Path],
     tok_dir: Path,
@@ -267,29 +266,47 @@ def _run_tasks(
     stages: dict[str, Any],
     save: Any,
 ) -> None:
-    """Run :func:`_train_and_eval` for each task (keyword dicts), ``jobs`` at a time in worker
-    processes (in this process when ``jobs`` is 1); record stage timings as they finish."""
-    jobs = max(1, min(int(jobs), len(tasks)))
+    """Run :func:`_train_and_eval` for every task (keyword dicts), ``jobs`` at a time in worker
+    processes (in this process when ``jobs`` is 1); record stage timings as they finish.
+
+    An arm task of seed k starts once that seed's base task (if any) has finished, so a slot
+    never idles while a later base trains: the next base is queued before the arms it frees.
+    """
+    waiting: dict[int, list[dict[str, Any]]] = {}
+    for task in arm_tasks:
+        blocked = any(b["seed"] == task["seed"] for b in base_tasks)
+        waiting.setdefault(task["seed"] if blocked else -1, []).append(task)
+    ready = list(base_tasks) + waiting.pop(-1, [])
+    jobs = max(1, min(int(jobs), len(base_tasks) + len(arm_tasks)))
     if jobs == 1:
-        for task in tasks:
+        while ready:
+            task = ready.pop(0)
             stages.update(_train_and_eval(run_dir=run_dir, data_paths=data_paths, tok_dir=tok_dir,
                                           progress=progress, **task))
             save()
+            if task in base_tasks:
+                ready += waiting.pop(task["seed"], [])
         return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    _log(f"{len(tasks)} runs, {jobs} at a time (progress bars off; training logs interleave)")
+    _log(f"{len(base_tasks) + len(arm_tasks)} runs, {jobs} at a time (progress bars off)")
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = [
-            pool.submit(_train_and_eval, run_dir=run_dir, data_paths=data_paths, tok_dir=tok_dir,
-                        progress=False, parent_pid=os.getpid(), **task)
-            for task in tasks
-        ]
-        for future in as_completed(futures):
-            stages.update(future.result())
-            save()
+
+        def submit(task: dict[str, Any]) -> Any:
+            return pool.submit(_train_and_eval, run_dir=run_dir, data_paths=data_paths, tok_dir=tok_dir,
+                               progress=False, parent_pid=os.getpid(), **task)
+
+        pending = {submit(task): task for task in ready}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                task = pending.pop(future)
+                stages.update(future.result())
+                save()
+                if task in base_tasks:
+                    pending.update({submit(t): t for t in waiting.pop(task["seed"], [])})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

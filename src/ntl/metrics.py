@@ -53,6 +53,7 @@ __all__ = [
     "is_paper_correct",
     "signed_log",
     "compute_metrics",
+    "paired_difference",
     "metrics_by_module",
     "nan_to_none",
     "none_to_nan",
@@ -280,21 +281,15 @@ def compute_metrics(
         raise ValueError(f"n_boot must be >= 0, got {n_boot}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    target = np.asarray(targets, dtype=np.float64).reshape(-1)
+    if paper_preds is None:
+        paper_preds = preds
+    elif len(paper_preds) != len(targets):
+        raise ValueError(f"paper_preds and targets differ in length: {len(paper_preds)} vs {len(targets)}")
+    pred, target, valid, paper_ok = _stat_arrays(preds, paper_preds, targets)
     if not np.isfinite(target).all():
         bad = target[~np.isfinite(target)][:3].tolist()
         raise ValueError(f"targets must be finite floats, got {bad}")
-    pred = np.array([np.nan if p is None else float(p) for p in preds], dtype=np.float64)
-    valid = np.isfinite(pred)
-    pred = np.where(valid, pred, 0.0)
     n = len(target)
-    if paper_preds is None:
-        paper = np.where(valid, pred, np.nan)
-    elif len(paper_preds) != n:
-        raise ValueError(f"paper_preds and targets differ in length: {len(paper_preds)} vs {n}")
-    else:
-        paper = np.array([np.nan if p is None else float(p) for p in paper_preds], dtype=np.float64)
-    paper_ok = np.isclose(paper, target)  # NaN (no number) is never close
 
     point = {
         k: float(v[0])
@@ -327,6 +322,104 @@ def compute_metrics(
     return result
 
 
+def _read_records(
+    records: Iterable[Mapping[str, Any]],
+) -> tuple[list[float | None], list[float | None], list[float], list[str]]:
+    """(strict predictions, paper-rule predictions, targets, modules) of prediction records."""
+    preds: list[float | None] = []
+    paper_preds: list[float | None] = []
+    targets: list[float] = []
+    modules: list[str] = []
+    for i, rec in enumerate(records):
+        target = parse_number(str(rec["answer"]))
+        if target is None:
+            raise ValueError(
+                f"record {i} (module {rec.get('module')!r}) has answer {rec['answer']!r}, "
+                "which is not a single number"
+            )
+        parsed = rec.get("parsed")
+        ok = rec.get("valid", parsed is not None) and parsed is not None
+        value = float(parsed) if ok else None
+        preds.append(value if value is not None and math.isfinite(value) else None)
+        # the paper's reading needs the generated text; records without it reuse ``parsed``
+        paper_preds.append(paper_number(rec["prediction"]) if "prediction" in rec else preds[-1])
+        targets.append(target)
+        modules.append(str(rec.get("module", "")))
+    return preds, paper_preds, targets, modules
+
+
+def _stat_arrays(
+    preds: Sequence[float | None], paper_preds: Sequence[float | None], targets: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pred with 0 where invalid, target, valid, paper_ok) float/bool arrays for `_stats`."""
+    target = np.asarray(targets, dtype=np.float64).reshape(-1)
+    pred = np.array([np.nan if p is None else float(p) for p in preds], dtype=np.float64)
+    valid = np.isfinite(pred)
+    paper = np.array([np.nan if p is None else float(p) for p in paper_preds], dtype=np.float64)
+    return np.where(valid, pred, 0.0), target, valid, np.isclose(paper, target)
+
+
+def paired_difference(
+    records: Sequence[Mapping[str, Any]],
+    baseline: Sequence[Mapping[str, Any]],
+    *,
+    metrics: Sequence[str] = ("exact_match", "paper_accuracy", "log_mae"),
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, float]]:
+    """``metric(records) − metric(baseline)`` on the same examples, with a paired bootstrap CI.
+
+    Both lists are prediction records (``eval/<split>.jsonl``) of the same questions in the same
+    order (two arms evaluated on one split). Each bootstrap replicate resamples example indices
+    once and scores both arms on that resample, so the interval reflects the difference, not the
+    two arms' separate spreads.
+
+    Returns:
+        ``{metric: {"value", "lo", "hi"}}``; NaN where a metric is undefined.
+
+    Raises:
+        ValueError: the two lists differ in length or in their questions.
+    """
+    if len(records) != len(baseline):
+        raise ValueError(f"paired records differ in length: {len(records)} vs {len(baseline)}")
+    for i, (a, b) in enumerate(zip(records, baseline)):
+        if a.get("question") != b.get("question") or str(a["answer"]) != str(b["answer"]):
+            raise ValueError(f"paired records differ at {i}: {a.get('question')!r} vs {b.get('question')!r}")
+    pa, qa, ta, _ = _read_records(records)
+    pb, qb, tb, _ = _read_records(baseline)
+    arr_a, arr_b = _stat_arrays(pa, qa, ta), _stat_arrays(pb, qb, tb)
+    n = len(ta)
+
+    def diff(idx: np.ndarray) -> dict[str, np.ndarray]:
+        sa = _stats(*(x[idx] for x in arr_a))
+        sb = _stats(*(x[idx] for x in arr_b))
+        return {m: sa[m] - sb[m] for m in metrics}
+
+    point = {m: float(v[0]) for m, v in diff(np.arange(n)[None]).items()}
+    out: dict[str, dict[str, float]] = {}
+    if n == 0 or n_boot == 0:
+        return {m: {"value": v, "lo": v, "hi": v} for m, v in point.items()}
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_ELEMENTS // n)
+    reps: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        for m, vals in diff(idx).items():
+            reps[m].append(vals)
+    alpha = 100.0 * (1.0 - confidence) / 2.0
+    for m in metrics:
+        boot = np.concatenate(reps[m])
+        boot = boot[np.isfinite(boot)]
+        value = point[m]
+        if boot.size == 0 or not math.isfinite(value):
+            out[m] = {"value": value, "lo": math.nan, "hi": math.nan}
+            continue
+        lo, hi = (float(q) for q in np.percentile(boot, [alpha, 100.0 - alpha]))
+        out[m] = {"value": value, "lo": min(lo, value), "hi": max(hi, value)}
+    return out
+
+
 def metrics_by_module(
     records: Iterable[Mapping[str, Any]],
     *,
@@ -348,25 +441,7 @@ def metrics_by_module(
     Raises:
         ValueError: a record's answer is not a single number.
     """
-    preds: list[float | None] = []
-    paper_preds: list[float | None] = []
-    targets: list[float] = []
-    modules: list[str] = []
-    for i, rec in enumerate(records):
-        target = parse_number(str(rec["answer"]))
-        if target is None:
-            raise ValueError(
-                f"record {i} (module {rec.get('module')!r}) has answer {rec['answer']!r}, "
-                "which is not a single number"
-            )
-        parsed = rec.get("parsed")
-        ok = rec.get("valid", parsed is not None) and parsed is not None
-        value = float(parsed) if ok else None
-        preds.append(value if value is not None and math.isfinite(value) else None)
-        # the paper's reading needs the generated text; records without it reuse ``parsed``
-        paper_preds.append(paper_number(rec["prediction"]) if "prediction" in rec else preds[-1])
-        targets.append(target)
-        modules.append(str(rec.get("module", "")))
+    preds, paper_preds, targets, modules = _read_records(records)
     per_module: dict[str, Any] = {}
     mod_arr = np.array(modules, dtype=object)
     for module in sorted(set(modules)):

@@ -429,6 +429,19 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "log-R² on sign(x)·log10(|x|+1) over valid answers; invalid = share of answers that "
         "are not a single number."
     )
+    if results.get("split_entropy"):
+        lines += ["", "Split entropies (the generator's difficulty, ~log10 of the number of "
+                  "possible problems; test splits scaled with the training range):", ""]
+        entropy = results["split_entropy"]
+        for split, modules in ((s, entropy[s]) for s in _order_splits(list(entropy))):
+            parts = []
+            for module, entry in modules.items():
+                lo, hi = entry["entropy"]
+                text = f"{module} {lo:g}" + (f"-{hi:g}" if hi != lo else "")
+                if "terms" in entry:
+                    text += f" ({entry['terms'][0]}-{entry['terms'][1]} terms)"
+                parts.append(text)
+            lines.append(f"- {split}: " + "; ".join(parts))
     if results.get("missing"):
         lines += ["", "Not evaluated (no eval/metrics.json): "
                   + ", ".join(f"`{m}`" for m in results["missing"])]
@@ -438,6 +451,17 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += ["## Beside the paper", "",
               f"Ours: the aggregate rows above. Paper: its main table ({PAPER_SETUP}).", "",
               comparison_table(results), ""]
+    if results.get("paired"):
+        from ntl.paired import paired_table, per_seed_table
+
+        lines += ["## Paired with CE", "",
+                  "Each arm minus its CE baseline on the same questions, same seed (same initial "
+                  "weights or base model, same data order): mean over seeds [95% t-interval "
+                  "across seeds]. Δ EM and Δ paper acc > 0 and Δ log-MAE < 0 favour the arm.", "",
+                  paired_table(results["paired"], results["splits"]), "",
+                  "Per seed, with the paired bootstrap interval over examples:", "",
+                  per_seed_table(results["paired"], results["splits"]), "",
+                  "![paired differences](paired.png)", ""]
     modules = module_tables(results)
     if modules:
         lines += ["## Per module (aggregate over seeds)", "", modules, ""]
@@ -544,6 +568,15 @@ def plot_accuracy(results: Mapping[str, Any], path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _split_entropy(info: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The per-split entropies recorded in the experiment's data ``spec.json`` (if any)."""
+    train = (info.get("data") or {}).get("train")
+    spec = Path(train).parent / "spec.json" if train else None
+    if spec is None or not spec.is_file():
+        return None
+    return _read_json(spec).get("entropy")
+
+
 def build_report(run_dir: Path, *, plots: bool = True) -> str:
     """Write results.json, report.md, curves.png and accuracy.png into ``run_dir``.
 
@@ -559,8 +592,13 @@ def build_report(run_dir: Path, *, plots: bool = True) -> str:
         FileNotFoundError: no evaluated seed under ``run_dir``.
     """
     run_dir = Path(run_dir)
+    from ntl.paired import collect_paired, plot_paired
+
     results = collect_results(run_dir)
     info = _experiment_info(run_dir)
+    runs = discover_runs(run_dir, results["arms"])
+    results["paired"] = collect_paired({a: runs[a] for a in results["arms"] if a in runs}, results["splits"])
+    results["split_entropy"] = _split_entropy(info)
     results["produced_by"] = f"ntl report {shlex.quote(str(run_dir))}"
     results["experiment_command"] = _experiment_command(info)
     results["machine"] = machine_info()
@@ -576,7 +614,6 @@ def build_report(run_dir: Path, *, plots: bool = True) -> str:
     write_json(run_dir / "results.json", ordered)
     (run_dir / "report.md").write_text(render_markdown(results), encoding="utf-8")
     if plots:
-        runs = discover_runs(run_dir, results["arms"])
         histories: dict[str, dict[int, list[dict[str, Any]]]] = {}
         for arm in results["arms"]:
             for seed, seed_dir in runs.get(arm, {}).items():
@@ -587,6 +624,8 @@ def build_report(run_dir: Path, *, plots: bool = True) -> str:
                         histories.setdefault(arm, {})[seed] = hist
         plot_curves(histories, run_dir / "curves.png")
         plot_accuracy(results, run_dir / "accuracy.png")
+        if results["paired"]:
+            plot_paired({Path(run_dir).name: results["paired"]}, results["splits"], run_dir / "paired.png")
     return f"{main_table(results)}\n\nBeside the paper:\n\n{comparison_table(results)}"
 
 
@@ -607,6 +646,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(table)
     written = ["results.json", "report.md"] + ([] if args.no_plots else
-                                               ["curves.png", "accuracy.png"])
+                                               ["curves.png", "accuracy.png", "paired.png"])
     print(f"\nwrote {', '.join(str(Path(args.run_dir) / w) for w in written)}")
     return 0
