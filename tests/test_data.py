@@ -6,6 +6,7 @@ Counts are tiny so the whole file runs in a few seconds on one core.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -317,3 +318,48 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = parser.parse_args(["--modules", "nope", "--out", str(tmp_path)])
     assert cli.run(bad) == 2
     assert "unknown module 'nope'" in capsys.readouterr().err
+
+
+def test_test_splits_scale_with_the_training_entropy(tmp_path: Path) -> None:
+    """The small profile trains at entropy (3, 6): interpolate sits where the generator's 8 sits
+    in its (3, 10) (add_or_sub: 12 in (4, 16)), extrapolate beyond 6 by the same fraction as the
+    generator's beyond 10 (16-20 beyond 16), *_longer one to three terms beyond the longest
+    training expression at entropy 6."""
+    from ntl.config import SMALL
+
+    spec = dataclasses.replace(SMALL.data_spec(), n_train=30, n_valid=5, n_interpolate=30, n_extrapolate=30)
+    paths = m.generate(spec, tmp_path)
+    entropy = m.load_manifest(paths["train"].parent)["entropy"]
+    assert entropy["train"]["arithmetic__mul"] == {"entropy": [3.0, 6.0]}
+    assert entropy["interpolate"]["arithmetic__add_or_sub"]["entropy"] == [5.0, 5.0]  # 3 + 8/12·3
+    assert entropy["interpolate"]["arithmetic__mul"]["entropy"] == pytest.approx([3 + 15 / 7] * 2, abs=1e-4)
+    assert entropy["extrapolate"]["arithmetic__add_or_sub_big"]["entropy"] == [6.0, 7.0]  # (16,20) of (4,16)
+    mul_big = entropy["extrapolate"]["arithmetic__mul_big"]["entropy"]
+    assert mul_big == pytest.approx([6.0, 6 + 6 / 7], abs=1e-4)
+    # generator: longest training expression 3 + int(10/2) = 8 terms, extrapolate 9-11; ours at 6: 7-9
+    assert entropy["extrapolate"]["arithmetic__add_sub_multiple_longer"]["terms"] == [7, 9]
+
+    def digits(split: str, module: str) -> list[int]:
+        return [sum(c.isdigit() for c in r["answer"]) for r in m.load_split(paths[split])
+                if r["module"] == module]
+
+    # the samplers really draw at those entropies: add_or_sub answers stay within ~6 digits
+    # (the generator's own interpolate, entropy 12, gives ~10-digit answers)
+    assert max(digits("interpolate", "arithmetic__add_or_sub")) <= 7
+    assert max(digits("extrapolate", "arithmetic__add_or_sub_big")) <= 9
+    # without an explicit range the generator's own splits are used unchanged
+    own = m.split_entropies(DataSpec(modules=("arithmetic__add_or_sub", "arithmetic__mul")))
+    assert own["interpolate"]["arithmetic__add_or_sub"]["entropy"] == [12.0, 12.0]
+    assert own["interpolate"]["arithmetic__mul"]["entropy"] == [8.0, 8.0]
+    assert own["extrapolate"]["arithmetic__mul_big"]["entropy"] == [10.0, 12.0]
+
+
+def test_module_slice_is_disjoint_and_keeps_the_mixture() -> None:
+    records = [{"module": mod, "question": f"{mod}{i}", "answer": "1"}
+               for mod in ("a", "b") for i in range(10)]
+    first, rest = m.module_slice(records, 0.0, 0.5), m.module_slice(records, 0.5, 1.0)
+    assert [r["question"] for r in first] == [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
+    assert {r["question"] for r in first}.isdisjoint(r["question"] for r in rest)
+    assert len(first) + len(rest) == len(records)
+    with pytest.raises(ValueError, match="0 <= lo <= hi <= 1"):
+        m.module_slice(records, 0.6, 0.5)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ntl.config import PAPER, PROFILES, QUICK, SMALL, Profile, override, parse_sets, resolve
+from ntl.config import FINETUNE, PAPER, PROFILES, QUICK, SMALL, Profile, override, parse_sets, resolve
 from ntl.experiment import run_experiment
 
 TINY = {
@@ -32,7 +32,9 @@ TINY = {
 
 
 def test_profiles():
-    assert set(PROFILES) == {"quick", "small", "paper"}
+    assert set(PROFILES) == {"quick", "small", "finetune", "paper"}
+    assert FINETUNE.base_steps > 0 and FINETUNE.lr == 1e-4 and FINETUNE.lr_scheduler == "constant"
+    assert len(FINETUNE.seeds) == 3 and FINETUNE.modules == SMALL.modules
     assert QUICK.arms == ("ce", "ce+ntl-was", "ce+ntl-mse") and len(QUICK.seeds) == 1
     assert len(SMALL.seeds) == 3
     assert (PAPER.model, PAPER.max_steps, PAPER.batch_size, PAPER.lr, PAPER.weight_decay,
@@ -143,3 +145,44 @@ def test_experiment_runs_every_kind_of_arm(tmp_path, capsys):
     report = (run / "report.md").read_text()
     for arm in arms:
         assert f"| {arm} |" in report, arm
+
+
+def test_finetune_trains_each_base_once_and_every_arm_from_it(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    sets = {**TINY, "base_steps": 6, "max_steps": 4, "lr": 1e-4, "arms": ["ce", "ce+ntl-was"],
+            "seeds": [0], "jobs": 1}
+    profile = resolve("finetune", sets)
+    kw = dict(runs_root=tmp_path / "runs", data_root=tmp_path / "data", progress=False)
+    record = run_experiment(profile, "ft", **kw)
+    base = tmp_path / "runs" / "bases"
+    (base_seed,) = list(base.glob("*/seed0"))
+    assert record["bases"] == {"0": str(base_seed)}
+    base_cfg = json.loads((base_seed / "train_config.json").read_text())
+    assert base_cfg["lam"] == 0.0 and base_cfg["profile"]["max_steps"] == 6
+    assert base_cfg["profile"]["train_slice"] == [0.0, 0.5] and base_cfg["n_train_records"] == 144
+    base_weights = base_seed / "final" / "model.safetensors"
+    for arm in ("ce", "ce+ntl-was"):
+        cfg = json.loads((tmp_path / "runs" / "ft" / arm / "seed0" / "train_config.json").read_text())
+        assert cfg["init_from"] == str((base_seed / "final").resolve())
+        assert cfg["profile"]["train_slice"] == [0.5, 1.0] and cfg["profile"]["lr"] == 1e-4
+    assert load_file(str(base_weights)).keys() == load_file(
+        str(tmp_path / "runs" / "ft" / "ce" / "seed0" / "final" / "model.safetensors")).keys()
+    out = capsys.readouterr().out
+    assert "train base/seed0 (6 steps)" in out and "cannot decide between arms" in out
+
+    # a second experiment sharing the base (another name, a new arm) does not retrain it
+    mtime = base_weights.stat().st_mtime_ns
+    run_experiment(override(profile, {"arms": ["ce+ntl-mse"]}), "ft2", **kw)
+    assert base_weights.stat().st_mtime_ns == mtime and len(list(base.glob("*/seed0"))) == 1
+    assert "train base/seed0: done, skipped" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "ft2" / "ce+ntl-mse" / "seed0" / "eval" / "metrics.json").is_file()
+
+
+def test_finetune_refuses_arms_that_cannot_start_from_the_base():
+    from ntl.experiment import add_arguments, profile_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(ValueError, match="xval.*own model"):
+        profile_from_args(parser.parse_args(["--profile", "finetune", "--arms", "ce,xval"]))

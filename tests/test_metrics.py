@@ -240,3 +240,49 @@ def test_metrics_by_module() -> None:
     assert mul["exact_match"]["value"] == 0.5 and mul["mae"]["value"] == 0.0
     with pytest.raises(ValueError, match="not a single number"):
         metrics_by_module([{"module": "m", "answer": "1/2", "parsed": 1.0, "valid": True}])
+
+
+def test_paper_accuracy_differs_from_exact_match_where_it_should():
+    from ntl.metrics import is_paper_correct, paper_number
+
+    # a last-digit error on a 10-digit answer: wrong for us, right under np.isclose(rtol=1e-5)
+    assert not is_exact_match("1234567891", "1234567890")
+    assert is_paper_correct("1234567891", "1234567890")
+    # trailing zeros: the same number for both
+    assert is_exact_match("3.5", "3.50") and is_paper_correct("3.5", "3.50")
+    # the paper reads a detached sign and the last number; we refuse both
+    assert paper_number("x = - 12") == -12.0 and parse_number("x = - 12") is None
+    assert paper_number("3/4") == 4.0 and paper_number("no number") is None
+    assert not is_paper_correct("12.01", "12")  # 1e-5 relative tolerance, not more
+    m = compute_metrics([1234567891.0, 3.5], [1234567890.0, 3.5], n_boot=0,
+                        paper_preds=[1234567891.0, 3.5])
+    assert m["exact_match"]["value"] == 0.5 and m["paper_accuracy"]["value"] == 1.0
+
+
+def test_metrics_by_module_reads_the_paper_number_from_the_text():
+    rows = [
+        {"module": "m", "answer": "-12", "prediction": "x = - 12", "parsed": None, "valid": False},
+        {"module": "m", "answer": "1234567890", "prediction": "1234567891", "parsed": 1234567891.0,
+         "valid": True},
+    ]
+    overall = metrics_by_module(rows, n_boot=0)["overall"]
+    assert overall["exact_match"]["value"] == 0.0 and overall["paper_accuracy"]["value"] == 1.0
+
+
+def test_paired_difference_is_paired():
+    from ntl.metrics import paired_difference
+
+    def rec(q, pred):
+        return {"module": "m", "question": q, "answer": "1", "prediction": pred,
+                "parsed": float(pred), "valid": True}
+
+    base = [rec(f"q{i}", "1" if i < 50 else "2") for i in range(100)]
+    arm = [rec(f"q{i}", "1" if i < 60 else "2") for i in range(100)]  # right on 10 more
+    d = paired_difference(arm, base, n_boot=500, seed=0)
+    assert d["exact_match"]["value"] == pytest.approx(0.10)
+    # paired: only the 10 changed examples vary, so the interval is far tighter than two
+    # independent ±0.1 intervals, and excludes 0
+    assert 0.0 < d["exact_match"]["lo"] <= 0.10 <= d["exact_match"]["hi"] < 0.17
+    assert d["log_mae"]["value"] < 0
+    with pytest.raises(ValueError, match="differ"):
+        paired_difference(arm[:10], base[:11])

@@ -27,6 +27,7 @@ MODULES = ("arithmetic__mul", "numbers__place_value")
 def _metrics(acc: float, n: int = 200) -> dict:
     values = {
         "exact_match": acc,
+        "paper_accuracy": acc + 0.1,  # the tolerant metric sits above the strict one
         "mae": 10 * (1 - acc),
         "median_ae": 1.0,
         "r2": 0.9 + acc / 10,
@@ -70,6 +71,14 @@ def run_dir(tmp_path: Path) -> Path:
             for split, acc in accs.items()
         }
         write_json(seed_dir / "eval" / "metrics.json", metrics)
+        # per-example predictions of one split, for the paired comparison: the first
+        # round(acc * 100) questions answered right, the rest off by one
+        right = round(accs["interpolate"] * 100)
+        with (seed_dir / "eval" / "interpolate.jsonl").open("w") as f:
+            for i in range(100):
+                pred = str(i) if i < right else str(i + 1)
+                f.write(json.dumps({"module": MODULES[i % 2], "question": f"q{i}", "answer": str(i),
+                                    "prediction": pred, "parsed": float(pred), "valid": True}) + "\n")
         write_json(seed_dir / "log_history.json", _log_history(arm))
     (root / "ce+ntl-was" / "seed2").mkdir()  # a seed that never got evaluated
     write_json(root / "experiment.json",
@@ -126,7 +135,9 @@ def test_markdown_rows_and_order(run_dir: Path) -> None:
     # ce rows (and its aggregate) come before the other arm
     assert rows.index(agg_rows[0]) < rows.index(seed_rows[2])
     header = table.splitlines()[0]
-    assert "interpolate acc" in header and "extrapolate log-MAE" in header
+    assert "interpolate EM" in header and "interpolate paper acc" in header
+    assert "extrapolate log-MAE" in header
+    assert "0.500 [0.470, 0.530]" in table  # ce seed0 interpolate paper accuracy, beside EM
     assert "0.400 [0.370, 0.430]" in table  # ce seed0 interpolate accuracy with CI
     assert "0.420 [" in table  # ce aggregate interpolate accuracy
     assert "Produced by: `ntl report" in md
@@ -141,18 +152,37 @@ def test_comparison_table_puts_the_papers_numbers_beside_ours(run_dir: Path) -> 
     printed = build_report(run_dir)
     _, _, table = printed.partition("\n\nBeside the paper:\n\n")
     lines = table.splitlines()
-    assert lines[0] == ("| arm | seeds | paper row | interpolate acc | paper | interpolate log-MAE | "
-                        "paper | extrapolate acc | paper | extrapolate log-MAE | paper |")
+    # like with like: our paper accuracy beside the paper's accuracy
+    assert lines[0] == ("| arm | seeds | paper row | interpolate paper acc | paper | interpolate log-MAE | "
+                        "paper | extrapolate paper acc | paper | extrapolate log-MAE | paper |")
     cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[2:]}
     assert list(cells) == ["ce", "ce+ntl-was"]
     ce, was = cells["ce"], cells["ce+ntl-was"]
     assert ce[1:3] == ["2", "T5 (CE)"] and was[2] == "T5 + NTL-WAS"
     # ours (mean [t-CI] over the two seeds) then the paper's reported value
-    assert ce[3].startswith("0.420 [") and ce[4] == "0.643"
-    assert was[3].startswith("0.530 [") and was[4] == "0.746"
-    assert was[7].startswith("0.280 [") and was[8] == "0.432"
+    assert ce[3].startswith("0.520 [") and ce[4] == "0.643"
+    assert was[3].startswith("0.630 [") and was[4] == "0.746"
+    assert was[7].startswith("0.380 [") and was[8] == "0.432"
     assert ce[10].strip(" |") == "0.785"  # paper extrapolate log-MAE of T5 (CE)
     assert "## Beside the paper" in (run_dir / "report.md").read_text()
+
+
+def test_paired_differences_to_ce(run_dir: Path) -> None:
+    build_report(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    paired = results["paired"]["ce+ntl-was"]
+    assert paired["baseline"] == "ce" and list(paired["splits"]) == ["interpolate"]
+    em = paired["splits"]["interpolate"]["exact_match"]
+    # seed 0: 50 vs 40 right, seed 1: 56 vs 44, on the same questions
+    assert em["per_seed"]["0"]["value"] == pytest.approx(0.10)
+    assert em["per_seed"]["1"]["value"] == pytest.approx(0.12)
+    assert em["value"] == pytest.approx(0.11) and em["ci"] == "t" and em["n_seeds"] == 2
+    # the arm's extra right answers are exactly the changed ones: every resample favours it
+    assert em["per_seed"]["0"]["lo"] > 0
+    assert paired["splits"]["interpolate"]["log_mae"]["value"] < 0
+    md = (run_dir / "report.md").read_text()
+    assert "## Paired with CE" in md and "+0.110 [" in md and "![paired differences](paired.png)" in md
+    assert (run_dir / "paired.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_paper_rows_for_our_arm_names() -> None:

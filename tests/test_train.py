@@ -63,9 +63,13 @@ def test_parse_arm():
     assert (arm.ntl, arm.lam) == ("mse", 0.3)
     assert parse_arm("ce+ntl-was@0.8").lam == 0.8
     assert parse_arm("ce+ntl-number-level").ntl == "number-level"
-    for bad in ("ntl-was", "ce+ntl-nope", "ce@0.3", "ce+ntl-was@-1"):
+    for bad in ("ntl-was", "ce+ntl-nope", "ce@0.3", "ce+ntl-was@-1", "ce+ntl-was0.5", "ce+ntl-was-soft0"):
         with pytest.raises(ValueError):
             parse_arm(bad)
+    soft = parse_arm("ce+ntl-was-soft@0.3")
+    assert (soft.ntl, soft.lam, dict(soft.options)) == ("was-soft", 0.3, {"sigma": 0.5})
+    assert dict(parse_arm("ce+ntl-was-soft1.5@0.1").options) == {"sigma": 1.5}
+    assert parse_arm("ce+ntl-was:alltokens").variant == "alltokens"
 
 
 @pytest.mark.parametrize("arm", ["ce", "ce+ntl-was", "ce+ntl-mse"])
@@ -115,9 +119,17 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-def test_sigkill_then_resume_gives_same_final_weights(tmp_path, data_dir):
+@pytest.mark.parametrize("from_base", [False, True], ids=["from-scratch", "fine-tune"])
+def test_sigkill_then_resume_gives_same_final_weights(tmp_path, data_dir, from_base):
     sets = {**TINY, "max_steps": 150, "save_steps": 10, "dropout": 0.1, "save_total_limit": 3}
     set_args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    init_from = None
+    if from_base:  # a fine-tune of a CE base, as in the finetune profile
+        base = tmp_path / "base"
+        train_arm(resolve("quick", {**TINY, "max_steps": 10}), "ce", 1, base,
+                  data_paths=_paths(data_dir), progress=False)
+        init_from = base / "final"
+        set_args += ["--init-from", str(init_from)]
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "ntl.cli", "train", "--out", str(killed), "--arm", "ce+ntl-was",
            "--seed", "1", "--data-dir", str(data_dir), "--no-progress", *set_args]
@@ -145,10 +157,15 @@ def test_sigkill_then_resume_gives_same_final_weights(tmp_path, data_dir):
     profile = resolve("quick", sets)
     paths = _paths(data_dir)
     resumed = train_arm(profile, "ce+ntl-was", 1, killed, data_paths=paths, resume=True,
-                        progress=False)
+                        progress=False, init_from=init_from)
     assert resumed["resumed_from"] is not None and resumed["global_step"] == 150
     straight = tmp_path / "straight"
-    train_arm(profile, "ce+ntl-was", 1, straight, data_paths=paths, progress=False)
+    train_arm(profile, "ce+ntl-was", 1, straight, data_paths=paths, progress=False, init_from=init_from)
+    if from_base:
+        cfg = json.loads((straight / "train_config.json").read_text())
+        assert cfg["init_from"] == str(init_from.resolve())
+        start = _weights(init_from)
+        assert not all(torch.equal(start[k], v) for k, v in _weights(straight / "final").items())
     a, b = _weights(killed / "final"), _weights(straight / "final")
     assert a.keys() == b.keys()
     for name in a:
@@ -156,6 +173,27 @@ def test_sigkill_then_resume_gives_same_final_weights(tmp_path, data_dir):
     # the resumed run's log history continues the killed one's
     steps = [h["step"] for h in json.loads((killed / "log_history.json").read_text()) if "loss" in h]
     assert steps == list(range(5, 151, 5))
+
+
+def test_fine_tune_starts_from_the_base_weights(tmp_path, data_dir):
+    """With init_from, step 0 is the base model (not the seed's random init), the NTL softmax
+    holds only label tokens, and the soft-target arm trains."""
+    paths = _paths(data_dir)
+    base = tmp_path / "base"
+    train_arm(resolve("quick", {**TINY, "max_steps": 5}), "ce", 0, base, data_paths=paths, progress=False)
+    out = tmp_path / "ft"
+    profile = resolve("quick", {**TINY, "max_steps": 3, "lr": 1e-12, "weight_decay": 0.0})
+    train_arm(profile, "ce+ntl-was-soft0.25@0.3", 0, out, data_paths=paths, progress=False,
+              init_from=base / "final")
+    a, b = _weights(base / "final"), _weights(out / "final")
+    for name in a:  # lr ~ 0: the fine-tuned weights are still the base's
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
+    cfg = json.loads((out / "train_config.json").read_text())
+    assert cfg["ntl"] == "was-soft" and cfg["ntl_options"] == {"sigma": 0.25}
+    assert sorted(cfg["number_tokens"]) == [str(d) for d in range(10)]  # no '▁7': labels hold bare digits
+    alltokens = tmp_path / "all"
+    train_arm(profile, "ce:alltokens", 0, alltokens, data_paths=paths, progress=False)
+    assert len(json.loads((alltokens / "train_config.json").read_text())["number_tokens"]) > 10
 
 
 def test_train_cli_help():

@@ -9,7 +9,8 @@ Stages, each skipped when its output is complete (so re-running after a kill res
 2. tokenizer: one digit-level tokenizer for all arms, in ``runs/NAME/tokenizer/``;
 2b. base (profiles with ``base_steps > 0``, e.g. ``finetune``): one CE base model per seed,
    cached in ``RUNS_ROOT/bases/<hash>/seed<k>/`` and reused by every experiment that shares it;
-3. train: every arm x seed (fine-tuning the seed's base when there is one) into ``runs/NAME/<arm>/seed<k>/`` (a killed arm resumes from its last
+3. train: every arm x seed (fine-tuning the seed's base when there is one) into
+   ``runs/NAME/<arm>/seed<k>/`` (a killed arm resumes from its last
    checkpoint; arms are compared at equal optimizer steps on the same examples in the same order);
 4. eval: ``eval/<split>.jsonl`` and ``eval/metrics.json`` per arm x seed;
 5. report: ``results.json``, ``report.md``, ``curves.png``, ``accuracy.png``; the main table is

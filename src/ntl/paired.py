@@ -89,7 +89,8 @@ def _signed(entry: Mapping[str, Any] | None, digits: int = 3) -> str:
         return "–"
     text = f"{entry['value']:+.{digits}f}"
     lo, hi = entry.get("lo"), entry.get("hi")
-    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and math.isfinite(lo) and math.isfinite(hi):
+    finite = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (lo, hi))
+    if finite:
         text += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
     return text
 
@@ -122,7 +123,8 @@ def per_seed_table(paired: Mapping[str, Any], splits: Sequence[str]) -> str:
             row = [arm, seed]
             for split in splits:
                 cell = entry["splits"].get(split, {})
-                row += [_signed(cell.get(metric, {}).get("per_seed", {}).get(seed)) for metric in PAIRED_METRICS]
+                row += [_signed(cell.get(metric, {}).get("per_seed", {}).get(seed))
+                        for metric in PAIRED_METRICS]
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -134,7 +136,8 @@ def plot_paired(regimes: Mapping[str, Mapping[str, Any]], splits: Sequence[str],
     from matplotlib.figure import Figure
 
     arms = list(dict.fromkeys(a for paired in regimes.values() for a in paired))
-    splits = [s for s in splits if any(s in p["splits"] for paired in regimes.values() for p in paired.values())]
+    splits = [s for s in splits
+              if any(s in p["splits"] for paired in regimes.values() for p in paired.values())]
     fig = Figure(figsize=(3.6 * max(len(splits), 1), 1.0 + 0.42 * len(arms) * len(PAIRED_METRICS)),
                  layout="constrained")
     axes = fig.subplots(len(PAIRED_METRICS), max(len(splits), 1), squeeze=False, sharey=True)
@@ -152,12 +155,14 @@ def plot_paired(regimes: Mapping[str, Mapping[str, Any]], splits: Sequence[str],
                     v, lo, hi = cell["value"], cell["lo"], cell["hi"]
                     if math.isfinite(lo) and math.isfinite(hi):
                         ax.plot([lo, hi], [y, y], color=f"C{k}", lw=2)
-                    ax.plot([v], [y], "o", color=f"C{k}", ms=5, label=regime if (i, r, c) == (0, 0, 0) else None)
+                    first = (i, r, c) == (0, 0, 0)
+                    ax.plot([v], [y], "o", color=f"C{k}", ms=5, label=regime if first else None)
                     seeds = [d["value"] for d in cell["per_seed"].values()
                              if isinstance(d.get("value"), (int, float))]
                     ax.plot(seeds, [y] * len(seeds), "|", color=f"C{k}", ms=7, alpha=0.6)
             ax.set_yticks(range(len(arms)), arms if c == 0 else [""] * len(arms))
-            ax.set_title(f"{split}: {label}" + (" (<0: arm better)" if metric == "log_mae" else ""), fontsize=9)
+            hint = " (<0: arm better)" if metric == "log_mae" else ""
+            ax.set_title(f"{split}: {label}{hint}", fontsize=9)
             ax.grid(axis="x", alpha=0.3)
     axes[0][0].invert_yaxis()  # shared: first arm on top in every panel
     handles, labels = axes[0][0].get_legend_handles_labels()

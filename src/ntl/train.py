@@ -547,6 +547,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir", default=None, help="folder with <split>.jsonl; default: generate the profile's data"
     )
     parser.add_argument("--data-root", default="data", help="cache folder for generated data")
+    parser.add_argument(
+        "--init-from", default=None,
+        help="a saved model folder (e.g. a base's final/) to fine-tune instead of a random init; "
+        "it must use the same tokenizer (pass --tokenizer with the base's tokenizer folder)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.add_argument("--overwrite", action="store_true", help="start over even if --out has checkpoints")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -582,6 +587,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        init_from=args.init_from,
     )
     print(json.dumps(summary, indent=2))
     return 0

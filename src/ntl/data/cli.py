@@ -104,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     for split, path in paths.items():
         per_module = manifest["counts"][split]
         print(f"  {split:<12} {sum(per_module.values()):>9} examples  {path}")
+        entropy = manifest.get("entropy", {}).get(split, {})
         for module, n in per_module.items():
-            print(f"    {module:<40} {n:>9}")
+            e = entropy.get(module, {})
+            lo, hi = e.get("entropy", (None, None))
+            where = "" if lo is None else f"  entropy {lo:g}" + (f"-{hi:g}" if hi != lo else "")
+            if "terms" in e:
+                where += f", {e['terms'][0]}-{e['terms'][1]} terms"
+            print(f"    {module:<40} {n:>9}{where}")
     return 0
