@@ -231,16 +231,21 @@ def run_experiment(
         for seed in profile.seeds:
             bases[seed] = base_dir(bprofile, seed, runs_root, data_paths)
             base_tasks.append(dict(profile=bprofile, arm="ce", seed=seed, arm_dir=bases[seed],
-                                   evaluate=False))
+                                   evaluate=False, after_base=False))
         record["bases"] = {str(k): str(v) for k, v in bases.items()}
         save()
     aprofile = arm_profile(profile)
-    arm_tasks = [
-        dict(profile=aprofile, arm=arm, seed=seed,
-             init_from=bases[seed] / "final" if seed in bases else None)
-        for seed in profile.seeds
-        for arm in profile.arms
-    ]
+    arm_tasks = []
+    for arm in profile.arms:  # arm-major: if time runs out, the last arms go, not seeds
+        scratch = arm.endswith(":scratch")
+        for seed in profile.seeds:
+            if arm == "ce:scratch":  # CE from scratch with the base's recipe *is* the base
+                _link(run_dir / arm / f"seed{seed}", bases[seed])
+            arm_tasks.append(dict(
+                profile=profile if scratch else aprofile, arm=arm, seed=seed,
+                init_from=bases[seed] / "final" if seed in bases and not scratch else None,
+                after_base=arm == "ce:scratch" or (seed in bases and not scratch),
+            ))
     _run_tasks(base_tasks, arm_tasks, run_dir, data_paths, tok_dir, progress, profile.jobs, stages, save)
 
     # 5. report
@@ -270,44 +275,60 @@ def _run_tasks(
     """Run :func:`_train_and_eval` for every task (keyword dicts), ``jobs`` at a time in worker
     processes (in this process when ``jobs`` is 1); record stage timings as they finish.
 
-    An arm task of seed k starts once that seed's base task (if any) has finished, so a slot
-    never idles while a later base trains: the next base is queued before the arms it frees.
+    Tasks start in order (bases first, then arms arm-major), each as soon as a slot is free and,
+    for an arm that fine-tunes a base (``after_base``), that seed's base has finished: a slot
+    never idles while a base trains if any other run can go.
     """
-    waiting: dict[int, list[dict[str, Any]]] = {}
-    for task in arm_tasks:
-        blocked = any(b["seed"] == task["seed"] for b in base_tasks)
-        waiting.setdefault(task["seed"] if blocked else -1, []).append(task)
-    ready = list(base_tasks) + waiting.pop(-1, [])
-    jobs = max(1, min(int(jobs), len(base_tasks) + len(arm_tasks)))
+    order = list(base_tasks) + list(arm_tasks)
+    bases_left = {t["seed"] for t in base_tasks}
+
+    def next_ready() -> dict[str, Any] | None:
+        for i, task in enumerate(order):
+            if not (task.get("after_base") and task["seed"] in bases_left):
+                return order.pop(i)
+        return None
+
+    def finished(task: dict[str, Any], timings: dict[str, Any]) -> None:
+        stages.update(timings)
+        save()
+        if task in base_tasks:
+            bases_left.discard(task["seed"])
+
+    def kwargs(task: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in task.items() if k != "after_base"}
+
+    jobs = max(1, min(int(jobs), len(order)))
     if jobs == 1:
-        while ready:
-            task = ready.pop(0)
-            stages.update(_train_and_eval(run_dir=run_dir, data_paths=data_paths, tok_dir=tok_dir,
-                                          progress=progress, **task))
-            save()
-            if task in base_tasks:
-                ready += waiting.pop(task["seed"], [])
+        while (task := next_ready()) is not None:
+            finished(task, _train_and_eval(run_dir=run_dir, data_paths=data_paths, tok_dir=tok_dir,
+                                           progress=progress, **kwargs(task)))
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    _log(f"{len(base_tasks) + len(arm_tasks)} runs, {jobs} at a time (progress bars off)")
+    _log(f"{len(order)} runs, {jobs} at a time (progress bars off)")
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-
-        def submit(task: dict[str, Any]) -> Any:
-            return pool.submit(_train_and_eval, run_dir=run_dir, data_paths=data_paths, tok_dir=tok_dir,
-                               progress=False, parent_pid=os.getpid(), **task)
-
-        pending = {submit(task): task for task in ready}
-        while pending:
+        pending: dict[Any, dict[str, Any]] = {}
+        while order or pending:
+            while len(pending) < jobs and (task := next_ready()) is not None:
+                future = pool.submit(_train_and_eval, run_dir=run_dir, data_paths=data_paths,
+                                     tok_dir=tok_dir, progress=False, parent_pid=os.getpid(),
+                                     **kwargs(task))
+                pending[future] = task
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                task = pending.pop(future)
-                stages.update(future.result())
-                save()
-                if task in base_tasks:
-                    pending.update({submit(t): t for t in waiting.pop(task["seed"], [])})
+                finished(pending.pop(future), future.result())
+
+
+def _link(path: Path, target: Path) -> None:
+    """Make ``path`` a symbolic link to the folder ``target`` (kept if it already is one)."""
+    if path.is_symlink() and path.resolve() == target.resolve():
+        return
+    if path.exists() or path.is_symlink():
+        raise FileExistsError(f"{path} exists and is not a link to the base {target}; remove it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target.resolve(), target_is_directory=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -356,7 +377,7 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
                     f"{profile.name!r}; run it with a from-scratch profile (e.g. --profile small)"
                 )
         else:
-            parse_arm(arm, profile.lam)  # fail early on a bad arm name
+            parse_arm(arm, profile.lam).apply(profile)  # fail early on a bad arm or variant
     return profile
 
 

@@ -46,7 +46,19 @@ SIGMA_LOSSES: dict[str, float] = {"was-soft": 0.5}
 # every plain-decimal token (numbers mode) -- the tokenizer ablation. ``decoder``: a decoder-only
 # model of the same size name (``t5-tiny`` -> ``llama-tiny``; prompt + answer, loss on the answer
 # only) instead of T5. ``alltokens``: NTL over every number token of the tokenizer (T5's ``▁7``
-# besides ``7``), not only those that occur as labels -- the token-set ablation.
+# besides ``7``), not only those that occur as labels -- the token-set ablation. ``scratch`` (in a
+# profile with a base stage): train from random initialisation with the base's own recipe and
+# data, i.e. the from-scratch regime on the same footing; ``ce:scratch`` is the base itself.
+def _scratch(profile: Profile) -> dict[str, Any]:
+    from ntl.config import base_profile
+
+    if profile.base_steps <= 0:
+        raise ValueError("the :scratch variant needs a profile with a base stage (base_steps > 0)")
+    base = base_profile(profile)
+    fields = ("max_steps", "lr", "warmup_steps", "lr_scheduler", "train_slice", "base_steps")
+    return {k: getattr(base, k) for k in fields}
+
+
 def _decoder_model(profile: Profile) -> dict[str, Any]:
     from ntl.models import MODEL_SIZES
 
@@ -58,6 +70,7 @@ ARM_VARIANTS: dict[str, Any] = {
     "multidigit": lambda profile: {"split_digits": False, "number_mode": "numbers"},
     "decoder": _decoder_model,
     "alltokens": lambda profile: {"ntl_label_tokens": False},
+    "scratch": _scratch,
 }
 
 
