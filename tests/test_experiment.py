@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -186,3 +187,23 @@ def test_finetune_refuses_arms_that_cannot_start_from_the_base():
     add_arguments(parser)
     with pytest.raises(ValueError, match="xval.*own model"):
         profile_from_args(parser.parse_args(["--profile", "finetune", "--arms", "ce,xval"]))
+
+
+def test_console_names_every_run_and_prints_no_raw_logs(tmp_path):
+    """`ntl experiment` output: lines that name arm and seed, a summary table, no Trainer dicts or
+    progress bars; each run's full log in its train.log."""
+    sets = {**TINY, "arms": "ce,ce+ntl-was", "jobs": 1}
+    cmd = [sys.executable, "-m", "ntl.cli", "experiment", "--name", "c", "--no-progress",
+           "--runs-root", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data")]
+    cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for arm in ("ce", "ce+ntl-was"):
+        assert f"{arm}/seed0" in out and f"train {arm}/seed0: done" in out
+        log = (tmp_path / "runs" / "c" / arm / "seed0" / "train.log").read_text().splitlines()
+        assert log[0].startswith(f"# {arm}/seed0") and json.loads(log[1])["step"] == 3
+    assert "ntl experiment: runs" in out and "valid paper acc" in out  # the summary table
+    assert "{'loss'" not in out and "{'train_runtime'" not in out
+    assert "Writing model shards" not in proc.stdout + proc.stderr
+    assert "cannot decide between arms" in out  # one seed: the warning

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -101,6 +102,8 @@ def _train_and_eval(
     arm_dir = arm_dir or run_dir / arm / f"seed{seed}"
     key = f"{arm}/seed{seed}" if evaluate else f"base/seed{seed}"
     stages: dict[str, Any] = {}
+    from ntl.progress import run_summary, write_status
+
     if not is_trained(arm_dir):
         _log(f"train {key} ({profile.max_steps} steps)")
         t0 = time.time()
@@ -123,14 +126,19 @@ def _train_and_eval(
     else:
         _log(f"train {key}: done, skipped")
     if not evaluate:
+        write_status(arm_dir, key=key, phase="done", note="base model, reused by the arms of its seed")
         return stages
     if not is_evaluated(arm_dir, profile.eval_splits):
         _log(f"eval {key}")
+        write_status(arm_dir, key=key, phase="eval")
         t0 = time.time()
         evaluate_run(arm_dir, splits=profile.eval_splits, progress=progress)
         stages[f"eval {key}_s"] = round(time.time() - t0, 1)
     else:
         _log(f"eval {key}: done, skipped")
+    row = run_summary(arm, seed, arm_dir)
+    em, paper = (row.get(k, math.nan) for k in ("valid_em", "valid_paper_acc"))
+    write_status(arm_dir, key=key, phase="done", note=f"valid EM {em:.3f}, paper acc {paper:.3f}")
     return stages
 
 
@@ -246,7 +254,17 @@ def run_experiment(
                 init_from=bases[seed] / "final" if seed in bases and not scratch else None,
                 after_base=arm == "ce:scratch" or (seed in bases and not scratch),
             ))
-    _run_tasks(base_tasks, arm_tasks, run_dir, data_paths, tok_dir, progress, profile.jobs, stages, save)
+    from ntl.progress import Console, run_summary, summary_table, write_status
+
+    watched = {("base" if not t.get("evaluate", True) else t["arm"]) + f"/seed{t['seed']}":
+               t.get("arm_dir") or run_dir / t["arm"] / f"seed{t['seed']}" for t in base_tasks + arm_tasks}
+    for key, folder in watched.items():
+        if not (folder / "train_summary.json").is_file():
+            write_status(folder, key=key, phase="queued")
+    with Console(watched, live=progress and sys.stdout.isatty()):
+        _run_tasks(base_tasks, arm_tasks, run_dir, data_paths, tok_dir, False, profile.jobs, stages, save)
+    print(summary_table([run_summary(t["arm"], t["seed"], run_dir / t["arm"] / f"seed{t['seed']}")
+                         for t in arm_tasks]))
 
     # 5. report
     if report:
@@ -306,7 +324,7 @@ def _run_tasks(
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    _log(f"{len(order)} runs, {jobs} at a time (progress bars off)")
+    _log(f"{len(order)} runs, {jobs} at a time")
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
         pending: dict[Any, dict[str, Any]] = {}
@@ -351,7 +369,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-root", default="runs", help="parent folder of run folders")
     parser.add_argument("--data-root", default="data", help="cache folder for generated data")
     parser.add_argument("--no-report", action="store_true", help="stop after evaluation")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--no-progress", action="store_true",
+        help="plain progress lines (one per run per tenth of its steps) instead of the live display; "
+        "for CI and log files (also the default when the output is not a terminal)",
+    )
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:

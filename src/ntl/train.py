@@ -349,6 +349,7 @@ def train_arm(
     from ntl.losses.modules import CrossEntropyWithNTL
     from ntl.models import build_model, count_parameters, model_spec, model_vocab_size
     from ntl.numbers import NumberVocab
+    from ntl.progress import quiet_transformers, status_callback
 
     if is_encoding_arm(arm):  # xVal, RT, regression head: their own models and loop (issue 4)
         from ntl.encodings.train import train_profile_arm
@@ -359,6 +360,8 @@ def train_arm(
     out = Path(out_dir)
     spec = parse_arm(arm, profile.lam)
     profile = spec.apply(profile)
+    if not progress:
+        transformers.utils.logging.disable_progress_bar()  # no weight-loading / saving bars
     if spec.own_tokenizer:
         if init_from is not None:
             raise ValueError(
@@ -462,8 +465,10 @@ def train_arm(
         processing_class=tokenizer,
         ntl_loss=loss,
         causal=causal,
-        callbacks=list(callbacks) or None,
+        callbacks=[*callbacks, status_callback(out, f"{spec.name}/seed{seed}")],
     )
+    if not progress:
+        quiet_transformers(trainer)  # train.log and status.json carry the logs
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     elapsed = time.time() - start
