@@ -200,7 +200,7 @@ FINETUNE = Profile(
     description=(
         "the paper's warm-start regime, small scale: per seed a CE base (T5 d=128 3+3 layers, "
         "3000 steps of 64, lr 1e-3) on half of add_or_sub + add_sub_multiple + mul at entropy "
-        "3-6 (100k each), then each arm fine-tunes it 1000 steps on the other half at lr 1e-4 "
+        "3-6 (100k each), then each arm fine-tunes it 500 steps on the other half at lr 1e-4 "
         "constant; 3 seeds"
     ),
     modules=("arithmetic__add_or_sub", "arithmetic__add_sub_multiple", "arithmetic__mul"),
@@ -218,7 +218,7 @@ FINETUNE = Profile(
     base_lr=1e-3,
     base_warmup_steps=200,
     base_lr_scheduler="linear",
-    max_steps=1_000,
+    max_steps=500,
     batch_size=64,
     lr=1e-4,
     warmup_steps=0,
