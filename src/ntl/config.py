@@ -195,7 +195,8 @@ SMALL = Profile(
     max_new_tokens=24,
 )
 
-FINETUNE = Profile(
+FINETUNE = dataclasses.replace(
+    SMALL,  # the same data distribution, model and batch as ``small``
     name="finetune",
     description=(
         "the paper's warm-start regime, small scale: per seed a CE base (T5 d=128 3+3 layers, "
@@ -203,32 +204,16 @@ FINETUNE = Profile(
         "3-6 (100k each), then each arm fine-tunes it 500 steps on the other half at lr 1e-4 "
         "constant; 3 seeds"
     ),
-    modules=("arithmetic__add_or_sub", "arithmetic__add_sub_multiple", "arithmetic__mul"),
-    difficulty="train-easy",
-    entropy=(3.0, 6.0),
     n_train=100_000,
-    n_valid=500,
-    n_interpolate=500,
-    n_extrapolate=500,
-    model="t5-tiny",
-    arms=DEFAULT_ARMS,
-    seeds=(0, 1, 2),
     base_steps=3_000,
     base_fraction=0.5,
-    base_lr=1e-3,
-    base_warmup_steps=200,
-    base_lr_scheduler="linear",
+    base_lr=SMALL.lr,
+    base_warmup_steps=SMALL.warmup_steps,
+    base_lr_scheduler=SMALL.lr_scheduler,
     max_steps=500,
-    batch_size=64,
     lr=1e-4,
     warmup_steps=0,
     lr_scheduler="constant",
-    save_steps=500,
-    logging_steps=50,
-    threads=1,
-    jobs=2,
-    eval_batch_size=250,
-    max_new_tokens=24,
 )
 
 PAPER = Profile(

@@ -130,6 +130,14 @@ def parse_number(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _target_value(target_text: str) -> float:
+    """The target's value; ``ValueError`` when the answer is not a single number."""
+    target = parse_number(target_text)
+    if target is None:
+        raise ValueError(f"target answer {target_text!r} is not a single number")
+    return target
+
+
 def is_exact_match(pred_text: str | None, target_text: str) -> bool:
     """Whether the number parsed from ``pred_text`` equals the one parsed from ``target_text``.
 
@@ -140,11 +148,8 @@ def is_exact_match(pred_text: str | None, target_text: str) -> bool:
     Raises:
         ValueError: the target is not a single number.
     """
-    target = parse_number(target_text)
-    if target is None:
-        raise ValueError(f"target answer {target_text!r} is not a single number")
     pred = parse_number(pred_text)
-    return pred is not None and pred == target
+    return pred is not None and pred == _target_value(target_text)
 
 
 _LENIENT_NUMBER_RE = re.compile(r"(?P<sign>[-+]\s*)?(?P<body>\d+(?:\.\d*)?|\.\d+)")
@@ -176,11 +181,8 @@ def is_paper_correct(pred_text: str | None, target_text: str) -> bool:
     Raises:
         ValueError: the target is not a single number.
     """
-    target = parse_number(target_text)
-    if target is None:
-        raise ValueError(f"target answer {target_text!r} is not a single number")
     pred = paper_number(pred_text)
-    return pred is not None and bool(np.isclose(pred, target))
+    return pred is not None and bool(np.isclose(pred, _target_value(target_text)))
 
 
 def signed_log(x: np.ndarray | float) -> np.ndarray:
