@@ -125,6 +125,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "share the cores; active: spin (fastest on an idle machine); inherit: "
                         "leave the environment as it is")
     parser.add_argument("--no-ntloss", action="store_true", help="skip the ntloss package cases")
+    parser.add_argument("--linear-memory", action="store_true",
+                        help="also run the logits-free memory check (materialized vs "
+                        "linear_cross_entropy_with_ntl at (4, 1024, 128256), d = 256, about "
+                        "7 GB of RAM for the materialized run)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny shapes, fp32, one fraction, 2 rounds, tiny model")
     parser.add_argument("--note", default="",
@@ -403,6 +407,99 @@ def run_config(config: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# ---------------------------------------------------------------------- worker: logits-free memory
+LINEAR_MEMORY = {"batch": 4, "seq": 1024, "vocab": 128256, "hidden_dim": 256, "fraction": 0.3}
+"""The logits-free memory check: (B, T, V) = (4, 1024, 128256), d = 256, 30% number labels."""
+
+
+def _digit_vocab(vocab_size: int):
+    """A `NumberVocab` with digits 0..9 at ids 0..9 and ``tok<i>`` words after them."""
+    from ntl import NumberVocab
+
+    words = {str(i): i for i in range(10)}
+    words.update({f"tok{i}": i for i in range(10, vocab_size)})
+    return NumberVocab.from_vocab(words)
+
+
+def run_linear_memory(config: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory added by one forward+backward of CE + 0.3·NTL-WAS from hidden states.
+
+    ``config["path"]``: ``"linear"`` (`fused.linear_cross_entropy_with_ntl` with
+    ``chunk_size``) or ``"materialized"`` (``h @ W.T``, then `fused.cross_entropy_with_ntl`).
+    Hidden (N, d) and weight (V, d) are ``randn`` (times ``scale``): large logits, so most
+    rows have a CE above 69 nats and take the exact-CE fix-up.
+    """
+    import torch
+
+    from ntl.losses import fused
+
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    n, v, d = config["batch"] * config["seq"], config["vocab"], config["hidden_dim"]
+    vocab = _digit_vocab(v)
+    table = vocab.table()
+    g = torch.Generator().manual_seed(0)
+    labels = _labels(vocab, n, config["fraction"], g)
+    scale = float(config.get("scale", 1.0))
+    hidden = (scale * torch.randn(n, d, generator=g)).requires_grad_(True)
+    weight = torch.randn(v, d, generator=g).requires_grad_(True)
+    result: dict[str, Any] = {"config": config, "logits_bytes": n * v * 4}
+
+    def run(rows: int = n) -> None:
+        h, y = hidden[:rows], labels[:rows]
+        if config["path"] == "linear":
+            out = fused.linear_cross_entropy_with_ntl(h, weight, y, table, lam=LAM,
+                                                      chunk_size=config.get("chunk_size"))
+        else:
+            out = fused.cross_entropy_with_ntl(h @ weight.t(), y, table, lam=LAM)
+        out.total.backward()
+        result["loss"] = float(out.total)
+        hidden.grad = weight.grad = None
+
+    run(64)  # warm-up on a few rows: the kernels' code and thread pools are in memory
+    started = time.perf_counter()
+    result["peak_bytes"] = _Memory("cpu").measure(run)
+    result["time_s"] = time.perf_counter() - started
+    with torch.no_grad():  # how many rows take the exact-CE fix-up (CE > 69 nats)
+        ce = torch.cat([torch.nn.functional.cross_entropy(
+            hidden[i:i + 256] @ weight.t(), labels[i:i + 256], reduction="none")
+            for i in range(0, n, 256)])
+    result["rows_ce_above_69"] = float((ce > 69).float().mean())
+    return result
+
+
+def linear_memory_check(threads: int | None = None, **overrides: Any) -> dict[str, Any]:
+    """`run_linear_memory` for the materialized path, the logits-free path with its default
+    chunk size and with ``chunk_size=64``, each in a fresh process; ratios to materialized."""
+    base = dict(LINEAR_MEMORY, threads=threads, **overrides)
+    runs = {"materialized": _spawn("linear-memory", dict(base, path="materialized")),
+            "linear": _spawn("linear-memory", dict(base, path="linear")),
+            "linear chunk 64": _spawn("linear-memory", dict(base, path="linear", chunk_size=64))}
+    ref = runs["materialized"]["peak_bytes"]
+    for res in runs.values():
+        res["mem_vs_materialized"] = res["peak_bytes"] / ref if ref else None
+    return runs
+
+
+def _linear_memory_table(runs: dict[str, Any]) -> list[str]:
+    cfg = runs["materialized"]["config"]
+    lines = [
+        "",
+        f"Logits-free memory check: (B, T, V) = ({cfg['batch']}, {cfg['seq']}, {cfg['vocab']}), "
+        f"d = {cfg['hidden_dim']}, `randn` hidden and weight, {cfg['fraction']:.0%} number "
+        f"labels ({runs['linear']['rows_ce_above_69']:.0%} of the rows have CE > 69 nats); "
+        "forward+backward of CE + 0.3·NTL-WAS, each in a fresh process.",
+        "",
+        "| path | peak MiB added | × materialized | loss | time s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, res in runs.items():
+        lines.append(f"| {name} | {_fmt_bytes(res['peak_bytes'])} | "
+                     f"{_fmt_ratio(res['mem_vs_materialized'])} | {res['loss']:.6f} | "
+                     f"{res['time_s']:.1f} |")
+    return lines
+
+
 # ---------------------------------------------------------------------- worker: training step
 def run_train_step(config: dict[str, Any]) -> dict[str, Any]:
     """Time optimizer steps of the quick profile's T5 with CE, CE+NTL (plain) and CE+NTL (fused)."""
@@ -520,6 +617,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     train = report.get("train_step")
     if train:
         lines += _train_table(train)
+    if report.get("linear_memory"):
+        lines += _linear_memory_table(report["linear_memory"])
     return "\n".join(lines) + "\n"
 
 
@@ -629,6 +728,10 @@ def run(args: argparse.Namespace) -> int:
                                  "warmup": args.warmup, "threads": args.threads, "quick": quick},
                        args.omp_wait)
         bar.update()
+    linear_memory = None
+    if args.linear_memory:
+        bar.set_postfix_str("logits-free memory")
+        linear_memory = linear_memory_check(args.threads)
     bar.close()
     import torch
 
@@ -646,6 +749,7 @@ def run(args: argparse.Namespace) -> int:
                                    "config")},
         "results": results,
         "train_step": train,
+        "linear_memory": linear_memory,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -658,15 +762,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """``python -m ntl.bench loss|train`` with the config as JSON on stdin; JSON on stdout."""
+    """``python -m ntl.bench loss|train|linear-memory`` with the config as JSON on stdin; JSON on stdout."""
     kind = argv[0] if argv else ""
     config = json.loads(sys.stdin.read())
     if kind == "loss":
         result = run_config(config)
     elif kind == "train":
         result = run_train_step(config)
+    elif kind == "linear-memory":
+        result = run_linear_memory(config)
     else:
-        print(f"usage: python -m ntl.bench loss|train < config.json (got {argv})",
+        print(f"usage: python -m ntl.bench loss|train|linear-memory < config.json (got {argv})",
               file=sys.stderr)
         return 2
     print(json.dumps(result))
