@@ -28,7 +28,12 @@ freed tensors go back to the OS at once. Both count what one forward+backward ad
 inputs (logits / hidden / weight): saved activations, temporaries and the gradient it returns.
 
 A training-step benchmark times a full optimizer step of the quick profile's model (T5,
-d_model 128, 3+3 layers, vocab 32100, batch 64, 32 tokens) with CE and with CE+NTL.
+d_model 128, 3+3 layers, vocab 32100, batch 64, 32 tokens) with CE and with CE+NTL. A second
+one runs a Llama-style model at Llama-3's vocabulary (128,256; 2 layers, hidden 256, batch
+4 × 1024 tokens): Hugging Face's default CE step, CE+NTL on materialized logits and CE+NTL
+logits-free (`ntl.integrations.logits_free`), step time and peak memory added as ratios to the
+CE step, and the three losses at the same weights. ``--linear-memory`` adds the memory check
+of `ntl.losses.fused.linear_cross_entropy_with_ntl` against the materialized fused path.
 
 Writes ``bench.json`` and ``bench.md`` (a markdown table) into ``--out``.
 """
@@ -124,6 +129,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "instead of spinning, which keeps timings sane when other processes "
                         "share the cores; active: spin (fastest on an idle machine); inherit: "
                         "leave the environment as it is")
+    parser.add_argument("--logits-free-steps", type=int, default=2,
+                        help="timed optimizer steps per arm of the large-vocabulary training "
+                        "step (HF CE vs CE+NTL materialized vs logits-free; about 7 GB of RAM "
+                        "at V = 128256); 0 skips it")
     parser.add_argument("--no-ntloss", action="store_true", help="skip the ntloss package cases")
     parser.add_argument("--linear-memory", action="store_true",
                         help="also run the logits-free memory check (materialized vs "
@@ -556,6 +565,134 @@ def run_train_step(config: dict[str, Any]) -> dict[str, Any]:
                             "time_ratio": ratios[name]} for name, ts in times.items()}}
 
 
+# ---------------------------------------------------------------------- worker: logits-free step
+LLAMA_STEP = {"batch": 4, "seq": 1024, "vocab": 128256, "hidden": 256, "layers": 2, "heads": 4,
+              "intermediate": 1024}
+"""The large-vocabulary training step: a 2-layer Llama with Llama-3's vocabulary size."""
+LLAMA_STEP_QUICK = {"batch": 2, "seq": 32, "vocab": 2000, "hidden": 32, "layers": 1, "heads": 2,
+                    "intermediate": 64}
+LOGITS_FREE_ARMS = ("ce (HF default)", "ce+ntl materialized", "ce+ntl logits-free")
+
+
+def run_logits_free_step(config: dict[str, Any]) -> dict[str, Any]:
+    """Optimizer steps of a Llama-style model at a large vocabulary, three ways.
+
+    ``ce (HF default)``: ``model(input_ids, labels=labels).loss`` (Hugging Face's own causal-LM
+    loss on materialized logits); ``ce+ntl materialized``: the model's logits, then
+    `ntl.CrossEntropyWithNTL` (fused); ``ce+ntl logits-free``: the same loss computed inside the
+    model's forward by `ntl.integrations.logits_free` (no logits). One model and one AdamW
+    optimizer; the losses of the three arms are read at the same (initial) weights. Peak memory
+    is measured per arm on a full step (forward, backward, ``optimizer.step``) after the
+    optimizer state exists, so it counts what the step adds on top of the parameters and the
+    optimizer state: the parameter gradients, activations, and the loss path's logits, their
+    gradient or its chunk buffers. ``config["steps"]`` timed steps per arm (the first one is
+    the memory step), interleaved across arms.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ntl import CrossEntropyWithNTL
+    from ntl.integrations.logits_free import apply_logits_free
+    from ntl.losses import fused
+
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    spec = LLAMA_STEP_QUICK if config["quick"] else LLAMA_STEP
+    b, t, v = spec["batch"], spec["seq"], spec["vocab"]
+    vocab = _digit_vocab(v)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=v, hidden_size=spec["hidden"], intermediate_size=spec["intermediate"],
+        num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"],
+        num_key_value_heads=spec["heads"], max_position_embeddings=t,
+        tie_word_embeddings=False))
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    ids = _labels(vocab, b * t, 0.3, g).reshape(b, t)  # 30% of the targets are numbers
+    labels = ids.clone()
+    shifted = fused.shift_labels(labels)
+    loss = CrossEntropyWithNTL(vocab, ntl="was", lam=LAM)
+    apply_logits_free(model, loss)
+    hf_forward = type(model).forward  # the unpatched forward: Hugging Face's own loss
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def hf_ce() -> tuple[Any, ...]:
+        out = hf_forward(model, input_ids=ids, labels=labels)
+        return out.loss, out.loss, None
+
+    def materialized() -> tuple[Any, ...]:
+        out = loss(model(input_ids=ids).logits, shifted)
+        return out.total, out.ce, out.ntl
+
+    def logits_free() -> tuple[Any, ...]:
+        out = model(input_ids=ids, labels=labels)
+        return out.loss, out.ce, out.ntl
+
+    losses = dict(zip(LOGITS_FREE_ARMS, (hf_ce, materialized, logits_free)))
+    values: dict[str, dict[str, float | None]] = {}
+    for name, fn in losses.items():  # the three losses at the same weights (forward only)
+        total, ce, ntl = fn()
+        values[name] = {"total": float(total), "ce": float(ce),
+                        "ntl": None if ntl is None else float(ntl)}
+    total.backward()  # the logits-free arm's: one optimizer step creates the AdamW state
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    del total, ce, ntl
+
+    def step(fn) -> Callable[[], None]:
+        def run() -> None:
+            fn()[0].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return run
+
+    arms = {name: step(fn) for name, fn in losses.items()}
+    memory = _Memory(config["device"])
+    peaks: dict[str, int | None] = {}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for name, fn in arms.items():  # first round: peak memory, each step timed as well
+        started = time.perf_counter()
+        peaks[name] = memory.measure(fn)
+        times[name].append(time.perf_counter() - started)
+    if config["steps"] > 1:
+        more = _time_interleaved(arms, config["steps"] - 1, 0, config["device"])
+        for name in arms:
+            times[name] += more[name]
+    ratios = _ratios(times, LOGITS_FREE_ARMS[0])
+    base_peak = peaks[LOGITS_FREE_ARMS[0]]
+    return {"config": config, "model": spec,
+            "params": sum(p.numel() for p in model.parameters()),
+            "logits_bytes": b * t * v * 4,
+            "arms": {name: {"time_s": statistics.median(times[name]), "times_s": times[name],
+                            "time_ratio": ratios[name], "peak_bytes": peaks[name],
+                            "mem_ratio": (peaks[name] / base_peak
+                                          if peaks[name] is not None and base_peak else None),
+                            "loss": values[name]} for name in arms}}
+
+
+def _logits_free_table(res: dict[str, Any]) -> list[str]:
+    m = res["model"]
+    lines = [
+        "",
+        f"Training step at a large vocabulary (Llama-style, {m['layers']} layers, hidden "
+        f"{m['hidden']}, vocab {m['vocab']:,}, {res['params']:,} parameters; batch {m['batch']} "
+        f"× {m['seq']} tokens, 30% number targets; AdamW; fp32 logits would take "
+        f"{_fmt_bytes(res['logits_bytes'])} MiB). **peak MiB added** = peak memory of one step "
+        "(forward, backward, optimizer step) above the model, its optimizer state and the "
+        "batch; ratios to Hugging Face's default CE step; losses at the same weights.",
+        "",
+        "| arm | step s | time ×CE | peak MiB added | mem ×CE | CE | CE + 0.3·NTL |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, a in res["arms"].items():
+        total = "" if a["loss"]["ntl"] is None else f"{a['loss']['total']:.6f}"
+        lines.append(f"| {name} | {a['time_s']:,.2f} | {_fmt_ratio(a['time_ratio'])} | "
+                     f"{_fmt_bytes(a['peak_bytes'])} | {_fmt_ratio(a['mem_ratio'])} | "
+                     f"{a['loss']['ce']:.6f} | {total} |")
+    return lines
+
+
 def _build_t5(spec: str, vocab_size: int):
     try:
         from ntl.models import build_model
@@ -617,6 +754,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     train = report.get("train_step")
     if train:
         lines += _train_table(train)
+    if report.get("logits_free_step"):
+        lines += _logits_free_table(report["logits_free_step"])
     if report.get("linear_memory"):
         lines += _linear_memory_table(report["linear_memory"])
     return "\n".join(lines) + "\n"
@@ -728,6 +867,13 @@ def run(args: argparse.Namespace) -> int:
                                  "warmup": args.warmup, "threads": args.threads, "quick": quick},
                        args.omp_wait)
         bar.update()
+    logits_free_step = None
+    if args.logits_free_steps:
+        bar.set_postfix_str("logits-free training step")
+        logits_free_step = _spawn("logits-free-step", {
+            "device": args.device, "steps": min(args.logits_free_steps, 2) if quick
+            else args.logits_free_steps, "threads": args.threads, "quick": quick},
+            args.omp_wait)
     linear_memory = None
     if args.linear_memory:
         bar.set_postfix_str("logits-free memory")
@@ -749,6 +895,7 @@ def run(args: argparse.Namespace) -> int:
                                    "config")},
         "results": results,
         "train_step": train,
+        "logits_free_step": logits_free_step,
         "linear_memory": linear_memory,
     }
     out = Path(args.out)
@@ -762,7 +909,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """``python -m ntl.bench loss|train|linear-memory`` with the config as JSON on stdin; JSON on stdout."""
+    """``python -m ntl.bench KIND`` (``loss``, ``train``, ``linear-memory``,
+    ``logits-free-step``) with the config as JSON on stdin; JSON on stdout."""
     kind = argv[0] if argv else ""
     config = json.loads(sys.stdin.read())
     if kind == "loss":
@@ -771,9 +919,11 @@ def _worker_main(argv: list[str]) -> int:
         result = run_train_step(config)
     elif kind == "linear-memory":
         result = run_linear_memory(config)
+    elif kind == "logits-free-step":
+        result = run_logits_free_step(config)
     else:
-        print(f"usage: python -m ntl.bench loss|train|linear-memory < config.json (got {argv})",
-              file=sys.stderr)
+        print("usage: python -m ntl.bench loss|train|linear-memory|logits-free-step "
+              f"< config.json (got {argv})", file=sys.stderr)
         return 2
     print(json.dumps(result))
     return 0

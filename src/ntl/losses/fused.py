@@ -33,9 +33,15 @@ Limits:
   through the plain path (`functional` + CE on materialized logits; the linear path then
   materializes the logits).
 - The gradient is made during forward, so the graph can be back-propagated once (no
-  ``retain_graph`` re-use, no double backward). Back-propagating through ``ce`` or ``ntl``
-  separately (not only ``total``) works; it costs a reconstruction (materialized path) or a
-  recomputation (linear path).
+  ``retain_graph`` re-use, no double backward); ``cross_entropy_with_ntl(..., fused=False)``
+  (``CrossEntropyWithNTL(..., fused=False)``) runs the same loss through plain autograd for
+  that. Back-propagating through ``ce`` or ``ntl`` separately (not only ``total``) works: the
+  materialized path rescales its stored gradient row by row and rebuilds the number columns
+  from float32 values kept in forward (as precise as autograd in bf16), the linear path
+  recomputes.
+- Rows whose CE exceeds ~69 nats (the softmax at the target underflows) are recomputed
+  exactly, one chunk of rows at a time (the linear path recomputes their logits chunk by
+  chunk, which adds one projection of those rows to the forward time).
 - Outputs are float32 (float64 for float64 inputs) whatever the input dtype; the logits
   gradient comes back in the logits' dtype.
 """
