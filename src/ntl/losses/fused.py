@@ -854,6 +854,11 @@ def causal_lm_loss(
 ) -> FusedOutput:
     """CE + λ·NTL of a Hugging Face decoder-only LM without materializing its logits.
 
+    Call it on the model itself, not on the module inside a ``DistributedDataParallel``
+    wrapper: that would run the body behind DDP's back. For training (DDP included) use
+    `ntl.integrations.logits_free.apply_logits_free`, which computes this loss inside the
+    model's own forward.
+
     Runs the model body (``model.get_decoder()`` / ``model.model``) for the last hidden
     states, shifts the labels as HF's ``ForCausalLMLoss`` does (position t predicts label
     t + 1; the last position is ignored) and calls `linear_cross_entropy_with_ntl` with the
