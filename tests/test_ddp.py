@@ -96,7 +96,7 @@ def test_ntl_trainer_ddp_matches_single_process(tmp_path):
         assert loss == pytest.approx(ce + w.LAM * ntl, rel=1e-5)
 
 
-@pytest.mark.slow  # ~70 s on 2 cores: torchrun plus two single-process references
+@pytest.mark.slow  # 1-4 min on 2 cores: torchrun plus two single-process references
 def test_ntl_trainer_ddp_logits_free_matches_single_process(tmp_path):
     """NTLTrainer(logits_free=True) under torchrun (2 processes, the loss computed inside the
     DDP-wrapped model's forward) equals one process on the same global batches, and equals

@@ -160,3 +160,22 @@ def test_refusals():
     ids, mask, labels = _batch()
     with pytest.raises(RuntimeError, match="whole lm_head weight"):
         wrapped(input_ids=ids, attention_mask=mask, labels=labels)
+
+
+def test_ntl_trainer_logits_free_equals_materialized(tmp_path):
+    """NTLTrainer(logits_free=True): 3 optimizer steps with gradient accumulation log the same
+    loss / ce / ntl and end at the same weights as training on materialized logits."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ddp_trainer_worker as w
+
+    free = w.train(tmp_path, logits_free=True)
+    materialized = w.train(tmp_path)
+    assert free["lm_head_calls"] == 0 < materialized["lm_head_calls"]
+    for key in ("loss", "ce", "ntl"):
+        torch.testing.assert_close(torch.tensor(free[key]), torch.tensor(materialized[key]),
+                                   rtol=1e-6, atol=1e-6, msg=key)
+    for name, value in materialized["state"].items():
+        torch.testing.assert_close(free["state"][name], value, rtol=1e-6, atol=1e-8, msg=name)

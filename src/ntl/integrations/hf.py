@@ -330,6 +330,9 @@ class NTLTrainer(Trainer):
         if not self.causal:
             raise ValueError("logits_free=True is for decoder-only models (causal=True); an "
                              "encoder-decoder trains with materialized logits.")
+        if self.model is None:
+            raise ValueError("logits_free=True patches the model's forward: pass model=..., "
+                             "not model_init.")
         sharded = None
         if getattr(self, "is_fsdp_enabled", False):
             sharded = "FSDP"
