@@ -17,7 +17,9 @@ Writes ``DIR/trainer_result_<world>.pt`` (rank 0): the logged ``loss``/``ce``/``
 the final weights. Under torchrun it then trains again with ``average_tokens_across_devices=False``
 (each process divides by its own counts, DDP averages the processes' losses) and writes
 ``DIR/trainer_result_<world>_local.pt``: that run's logged ``ce``/``ntl`` must still add up to its
-``loss``.
+``loss``. With ``--logits-free`` it trains once with ``NTLTrainer(logits_free=True)`` (the
+loss computed inside the DDP-wrapped model's forward, no logits) and writes
+``DIR/trainer_result_<world>_lf.pt``.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def build_model(vocab_size: int):
     return LlamaForCausalLM(config).double()
 
 
-def train(out: Path, *, average_tokens: bool = True) -> dict:
+def train(out: Path, *, average_tokens: bool = True, logits_free: bool = False) -> dict:
     """Train ``STEPS`` optimizer steps; return (and on rank 0 save) logs and final weights."""
     from transformers import TrainingArguments
 
@@ -81,7 +83,7 @@ def train(out: Path, *, average_tokens: bool = True) -> dict:
     vocab = NumberVocab.from_tokenizer(tok, mode="digits", vocab_size=model.config.vocab_size)
     ds = EncodedDataset(encode(records(), tok, causal=True))
     args = TrainingArguments(
-        output_dir=str(out / f"run_{world}_{average_tokens}"),
+        output_dir=str(out / f"run_{world}_{average_tokens}_{logits_free}"),
         max_steps=STEPS,
         per_device_train_batch_size=PER_DEVICE,
         gradient_accumulation_steps=GLOBAL_BATCH // (PER_DEVICE * world),
@@ -103,7 +105,10 @@ def train(out: Path, *, average_tokens: bool = True) -> dict:
         average_tokens_across_devices=average_tokens,
     )
     trainer = NTLTrainer(model=model, args=args, train_dataset=ds, data_collator=Collator(pad_id(tok)),
-                         ntl_loss=CrossEntropyWithNTL(vocab, ntl="was", lam=LAM))
+                         ntl_loss=CrossEntropyWithNTL(vocab, ntl="was", lam=LAM),
+                         logits_free=logits_free)
+    head_calls = []  # the logits-free path never runs lm_head: no (B, T, V) logits
+    model.get_output_embeddings().register_forward_hook(lambda *_: head_calls.append(1))
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     result = {
@@ -113,10 +118,11 @@ def train(out: Path, *, average_tokens: bool = True) -> dict:
         "ce": [h["ce"] for h in logs],
         "ntl": [h["ntl"] for h in logs],
         "state": {k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
+        "lm_head_calls": len(head_calls),
     }
     if trainer.args.process_index == 0:
         out.mkdir(parents=True, exist_ok=True)
-        suffix = "" if average_tokens else "_local"
+        suffix = ("" if average_tokens else "_local") + ("_lf" if logits_free else "")
         torch.save(result, out / f"trainer_result_{world}{suffix}.pt")
     return result
 
@@ -124,12 +130,19 @@ def train(out: Path, *, average_tokens: bool = True) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for trainer_result_<world>[_local].pt")
-    out_dir = Path(parser.parse_args().out)
-    train(out_dir)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    parser.add_argument("--logits-free", action="store_true",
+                        help="train once with NTLTrainer(logits_free=True) instead")
+    cli = parser.parse_args()
+    out_dir = Path(cli.out)
+    if cli.logits_free:
+        train(out_dir, logits_free=True)
+    else:
+        train(out_dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cli.logits_free:
         train(out_dir, average_tokens=False)
         # Free the Trainers' DDP wrappers (held in reference cycles) before the process group:
         # a gloo group destroyed while a DDP reducer still holds it can hang at interpreter exit.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         gc.collect()
         if torch.distributed.is_initialized():
             torch.distributed.barrier()

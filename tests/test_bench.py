@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ntl.bench import FUSED_CASES, LINEAR_CASES, to_markdown
+from ntl.bench import FUSED_CASES, LINEAR_CASES, LOGITS_FREE_ARMS, to_markdown
 from ntl.cli import main
 
 pytest.importorskip("ntloss")
@@ -27,5 +27,10 @@ def test_bench_quick_writes_ratios(tmp_path):
         assert cases["linear-was"]["time_vs_lin-fused-was"] > 0
     arms = report["train_step"]["arms"]
     assert arms["ce"]["time_ratio"] == 1.0 and arms["ce+ntl-was fused"]["time_ratio"] > 0
+    lf = report["logits_free_step"]["arms"]
+    assert set(lf) == set(LOGITS_FREE_ARMS) and lf["ce (HF default)"]["time_ratio"] == 1.0
+    ce, mat, free = (lf[name]["loss"] for name in LOGITS_FREE_ARMS)
+    assert free["total"] == pytest.approx(mat["total"], rel=1e-6)
+    assert free["ce"] == pytest.approx(ce["ce"], rel=1e-6) and free["ntl"] > 0
     markdown = (tmp_path / "bench.md").read_text()
     assert markdown == to_markdown(report) and "| fused-was |" in markdown

@@ -21,7 +21,7 @@ import ddp_trainer_worker  # noqa: E402
 import ddp_worker  # noqa: E402
 
 
-def _torchrun(script: Path, out: Path, timeout: int) -> None:
+def _torchrun(script: Path, out: Path, timeout: int, *extra: str) -> None:
     """``script --out OUT`` on 2 processes (gloo, CPU, static rendezvous on a free port)."""
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
@@ -33,7 +33,7 @@ def _torchrun(script: Path, out: Path, timeout: int) -> None:
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(port),
-           str(script), "--out", str(out)]
+           str(script), "--out", str(out), *extra]
     # A session of its own, so that a hang kills torchrun *and* its workers (killing torchrun
     # alone leaves the workers waiting on each other forever).
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -94,3 +94,24 @@ def test_ntl_trainer_ddp_matches_single_process(tmp_path):
     assert local["loss"] != ddp["loss"]
     for loss, ce, ntl in zip(local["loss"], local["ce"], local["ntl"]):
         assert loss == pytest.approx(ce + w.LAM * ntl, rel=1e-5)
+
+
+@pytest.mark.slow  # 1-4 min on 2 cores: torchrun plus two single-process references
+def test_ntl_trainer_ddp_logits_free_matches_single_process(tmp_path):
+    """NTLTrainer(logits_free=True) under torchrun (2 processes, the loss computed inside the
+    DDP-wrapped model's forward) equals one process on the same global batches, and equals
+    training with materialized logits."""
+    w = ddp_trainer_worker
+    _torchrun(HERE / "ddp_trainer_worker.py", tmp_path, 300, "--logits-free")
+    ddp = torch.load(tmp_path / "trainer_result_2_lf.pt")
+    single = w.train(tmp_path, logits_free=True)
+    materialized = w.train(tmp_path)
+    assert ddp["world"] == 2 and single["world"] == 1
+    assert ddp["lm_head_calls"] == single["lm_head_calls"] == 0 < materialized["lm_head_calls"]
+    for ref in (single, materialized):
+        for key in ("loss", "ce", "ntl"):
+            torch.testing.assert_close(torch.tensor(ddp[key]), torch.tensor(ref[key]),
+                                       rtol=1e-5, atol=1e-5, msg=key)
+        for name, value in ref["state"].items():
+            torch.testing.assert_close(ddp["state"][name], value, rtol=1e-5, atol=1e-5, msg=name)
+    assert single["loss"][0] != single["loss"][-1]  # the steps did train

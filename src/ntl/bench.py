@@ -28,7 +28,12 @@ freed tensors go back to the OS at once. Both count what one forward+backward ad
 inputs (logits / hidden / weight): saved activations, temporaries and the gradient it returns.
 
 A training-step benchmark times a full optimizer step of the quick profile's model (T5,
-d_model 128, 3+3 layers, vocab 32100, batch 64, 32 tokens) with CE and with CE+NTL.
+d_model 128, 3+3 layers, vocab 32100, batch 64, 32 tokens) with CE and with CE+NTL. A second
+one runs a Llama-style model at Llama-3's vocabulary (128,256; 2 layers, hidden 256, batch
+4 × 1024 tokens): Hugging Face's default CE step, CE+NTL on materialized logits and CE+NTL
+logits-free (`ntl.integrations.logits_free`), step time and peak memory added as ratios to the
+CE step, and the three losses at the same weights. ``--linear-memory`` adds the memory check
+of `ntl.losses.fused.linear_cross_entropy_with_ntl` against the materialized fused path.
 
 Writes ``bench.json`` and ``bench.md`` (a markdown table) into ``--out``.
 """
@@ -124,7 +129,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "instead of spinning, which keeps timings sane when other processes "
                         "share the cores; active: spin (fastest on an idle machine); inherit: "
                         "leave the environment as it is")
+    parser.add_argument("--logits-free-steps", type=int, default=2,
+                        help="timed optimizer steps per arm of the large-vocabulary training "
+                        "step (HF CE vs CE+NTL materialized vs logits-free; about 7 GB of RAM "
+                        "at V = 128256); 0 skips it")
     parser.add_argument("--no-ntloss", action="store_true", help="skip the ntloss package cases")
+    parser.add_argument("--linear-memory", action="store_true",
+                        help="also run the logits-free memory check (materialized vs "
+                        "linear_cross_entropy_with_ntl at (4, 1024, 128256), d = 256, about "
+                        "7 GB of RAM for the materialized run)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: tiny shapes, fp32, one fraction, 2 rounds, tiny model")
     parser.add_argument("--note", default="",
@@ -403,6 +416,99 @@ def run_config(config: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# ---------------------------------------------------------------------- worker: logits-free memory
+LINEAR_MEMORY = {"batch": 4, "seq": 1024, "vocab": 128256, "hidden_dim": 256, "fraction": 0.3}
+"""The logits-free memory check: (B, T, V) = (4, 1024, 128256), d = 256, 30% number labels."""
+
+
+def _digit_vocab(vocab_size: int):
+    """A `NumberVocab` with digits 0..9 at ids 0..9 and ``tok<i>`` words after them."""
+    from ntl import NumberVocab
+
+    words = {str(i): i for i in range(10)}
+    words.update({f"tok{i}": i for i in range(10, vocab_size)})
+    return NumberVocab.from_vocab(words)
+
+
+def run_linear_memory(config: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory added by one forward+backward of CE + 0.3·NTL-WAS from hidden states.
+
+    ``config["path"]``: ``"linear"`` (`fused.linear_cross_entropy_with_ntl` with
+    ``chunk_size``) or ``"materialized"`` (``h @ W.T``, then `fused.cross_entropy_with_ntl`).
+    Hidden (N, d) and weight (V, d) are ``randn`` (times ``scale``): large logits, so most
+    rows have a CE above 69 nats and take the exact-CE fix-up.
+    """
+    import torch
+
+    from ntl.losses import fused
+
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    n, v, d = config["batch"] * config["seq"], config["vocab"], config["hidden_dim"]
+    vocab = _digit_vocab(v)
+    table = vocab.table()
+    g = torch.Generator().manual_seed(0)
+    labels = _labels(vocab, n, config["fraction"], g)
+    scale = float(config.get("scale", 1.0))
+    hidden = (scale * torch.randn(n, d, generator=g)).requires_grad_(True)
+    weight = torch.randn(v, d, generator=g).requires_grad_(True)
+    result: dict[str, Any] = {"config": config, "logits_bytes": n * v * 4}
+
+    def run(rows: int = n) -> None:
+        h, y = hidden[:rows], labels[:rows]
+        if config["path"] == "linear":
+            out = fused.linear_cross_entropy_with_ntl(h, weight, y, table, lam=LAM,
+                                                      chunk_size=config.get("chunk_size"))
+        else:
+            out = fused.cross_entropy_with_ntl(h @ weight.t(), y, table, lam=LAM)
+        out.total.backward()
+        result["loss"] = float(out.total)
+        hidden.grad = weight.grad = None
+
+    run(64)  # warm-up on a few rows: the kernels' code and thread pools are in memory
+    started = time.perf_counter()
+    result["peak_bytes"] = _Memory("cpu").measure(run)
+    result["time_s"] = time.perf_counter() - started
+    with torch.no_grad():  # how many rows take the exact-CE fix-up (CE > 69 nats)
+        ce = torch.cat([torch.nn.functional.cross_entropy(
+            hidden[i:i + 256] @ weight.t(), labels[i:i + 256], reduction="none")
+            for i in range(0, n, 256)])
+    result["rows_ce_above_69"] = float((ce > 69).float().mean())
+    return result
+
+
+def linear_memory_check(threads: int | None = None, **overrides: Any) -> dict[str, Any]:
+    """`run_linear_memory` for the materialized path, the logits-free path with its default
+    chunk size and with ``chunk_size=64``, each in a fresh process; ratios to materialized."""
+    base = dict(LINEAR_MEMORY, threads=threads, **overrides)
+    runs = {"materialized": _spawn("linear-memory", dict(base, path="materialized")),
+            "linear": _spawn("linear-memory", dict(base, path="linear")),
+            "linear chunk 64": _spawn("linear-memory", dict(base, path="linear", chunk_size=64))}
+    ref = runs["materialized"]["peak_bytes"]
+    for res in runs.values():
+        res["mem_vs_materialized"] = res["peak_bytes"] / ref if ref else None
+    return runs
+
+
+def _linear_memory_table(runs: dict[str, Any]) -> list[str]:
+    cfg = runs["materialized"]["config"]
+    lines = [
+        "",
+        f"Logits-free memory check: (B, T, V) = ({cfg['batch']}, {cfg['seq']}, {cfg['vocab']}), "
+        f"d = {cfg['hidden_dim']}, `randn` hidden and weight, {cfg['fraction']:.0%} number "
+        f"labels ({runs['linear']['rows_ce_above_69']:.0%} of the rows have CE > 69 nats); "
+        "forward+backward of CE + 0.3·NTL-WAS, each in a fresh process.",
+        "",
+        "| path | peak MiB added | × materialized | loss | time s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, res in runs.items():
+        lines.append(f"| {name} | {_fmt_bytes(res['peak_bytes'])} | "
+                     f"{_fmt_ratio(res['mem_vs_materialized'])} | {res['loss']:.6f} | "
+                     f"{res['time_s']:.1f} |")
+    return lines
+
+
 # ---------------------------------------------------------------------- worker: training step
 def run_train_step(config: dict[str, Any]) -> dict[str, Any]:
     """Time optimizer steps of the quick profile's T5 with CE, CE+NTL (plain) and CE+NTL (fused)."""
@@ -457,6 +563,134 @@ def run_train_step(config: dict[str, Any]) -> dict[str, Any]:
             "params": sum(p.numel() for p in model.parameters()),
             "arms": {name: {"time_s": statistics.median(ts), "times_s": ts,
                             "time_ratio": ratios[name]} for name, ts in times.items()}}
+
+
+# ---------------------------------------------------------------------- worker: logits-free step
+LLAMA_STEP = {"batch": 4, "seq": 1024, "vocab": 128256, "hidden": 256, "layers": 2, "heads": 4,
+              "intermediate": 1024}
+"""The large-vocabulary training step: a 2-layer Llama with Llama-3's vocabulary size."""
+LLAMA_STEP_QUICK = {"batch": 2, "seq": 32, "vocab": 2000, "hidden": 32, "layers": 1, "heads": 2,
+                    "intermediate": 64}
+LOGITS_FREE_ARMS = ("ce (HF default)", "ce+ntl materialized", "ce+ntl logits-free")
+
+
+def run_logits_free_step(config: dict[str, Any]) -> dict[str, Any]:
+    """Optimizer steps of a Llama-style model at a large vocabulary, three ways.
+
+    ``ce (HF default)``: ``model(input_ids, labels=labels).loss`` (Hugging Face's own causal-LM
+    loss on materialized logits); ``ce+ntl materialized``: the model's logits, then
+    `ntl.CrossEntropyWithNTL` (fused); ``ce+ntl logits-free``: the same loss computed inside the
+    model's forward by `ntl.integrations.logits_free` (no logits). One model and one AdamW
+    optimizer; the losses of the three arms are read at the same (initial) weights. Peak memory
+    is measured per arm on a full step (forward, backward, ``optimizer.step``) after the
+    optimizer state exists, so it counts what the step adds on top of the parameters and the
+    optimizer state: the parameter gradients, activations, and the loss path's logits, their
+    gradient or its chunk buffers. ``config["steps"]`` timed steps per arm (the first one is
+    the memory step), interleaved across arms.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ntl import CrossEntropyWithNTL
+    from ntl.integrations.logits_free import apply_logits_free
+    from ntl.losses import fused
+
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    spec = LLAMA_STEP_QUICK if config["quick"] else LLAMA_STEP
+    b, t, v = spec["batch"], spec["seq"], spec["vocab"]
+    vocab = _digit_vocab(v)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=v, hidden_size=spec["hidden"], intermediate_size=spec["intermediate"],
+        num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"],
+        num_key_value_heads=spec["heads"], max_position_embeddings=t,
+        tie_word_embeddings=False))
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    ids = _labels(vocab, b * t, 0.3, g).reshape(b, t)  # 30% of the targets are numbers
+    labels = ids.clone()
+    shifted = fused.shift_labels(labels)
+    loss = CrossEntropyWithNTL(vocab, ntl="was", lam=LAM)
+    apply_logits_free(model, loss)
+    hf_forward = type(model).forward  # the unpatched forward: Hugging Face's own loss
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def hf_ce() -> tuple[Any, ...]:
+        out = hf_forward(model, input_ids=ids, labels=labels)
+        return out.loss, out.loss, None
+
+    def materialized() -> tuple[Any, ...]:
+        out = loss(model(input_ids=ids).logits, shifted)
+        return out.total, out.ce, out.ntl
+
+    def logits_free() -> tuple[Any, ...]:
+        out = model(input_ids=ids, labels=labels)
+        return out.loss, out.ce, out.ntl
+
+    losses = dict(zip(LOGITS_FREE_ARMS, (hf_ce, materialized, logits_free)))
+    values: dict[str, dict[str, float | None]] = {}
+    for name, fn in losses.items():  # the three losses at the same weights (forward only)
+        total, ce, ntl = fn()
+        values[name] = {"total": float(total), "ce": float(ce),
+                        "ntl": None if ntl is None else float(ntl)}
+    total.backward()  # the logits-free arm's: one optimizer step creates the AdamW state
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    del total, ce, ntl
+
+    def step(fn) -> Callable[[], None]:
+        def run() -> None:
+            fn()[0].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return run
+
+    arms = {name: step(fn) for name, fn in losses.items()}
+    memory = _Memory(config["device"])
+    peaks: dict[str, int | None] = {}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for name, fn in arms.items():  # first round: peak memory, each step timed as well
+        started = time.perf_counter()
+        peaks[name] = memory.measure(fn)
+        times[name].append(time.perf_counter() - started)
+    if config["steps"] > 1:
+        more = _time_interleaved(arms, config["steps"] - 1, 0, config["device"])
+        for name in arms:
+            times[name] += more[name]
+    ratios = _ratios(times, LOGITS_FREE_ARMS[0])
+    base_peak = peaks[LOGITS_FREE_ARMS[0]]
+    return {"config": config, "model": spec,
+            "params": sum(p.numel() for p in model.parameters()),
+            "logits_bytes": b * t * v * 4,
+            "arms": {name: {"time_s": statistics.median(times[name]), "times_s": times[name],
+                            "time_ratio": ratios[name], "peak_bytes": peaks[name],
+                            "mem_ratio": (peaks[name] / base_peak
+                                          if peaks[name] is not None and base_peak else None),
+                            "loss": values[name]} for name in arms}}
+
+
+def _logits_free_table(res: dict[str, Any]) -> list[str]:
+    m = res["model"]
+    lines = [
+        "",
+        f"Training step at a large vocabulary (Llama-style, {m['layers']} layers, hidden "
+        f"{m['hidden']}, vocab {m['vocab']:,}, {res['params']:,} parameters; batch {m['batch']} "
+        f"× {m['seq']} tokens, 30% number targets; AdamW; fp32 logits would take "
+        f"{_fmt_bytes(res['logits_bytes'])} MiB). **peak MiB added** = peak memory of one step "
+        "(forward, backward, optimizer step) above the model, its optimizer state and the "
+        "batch; ratios to Hugging Face's default CE step; losses at the same weights.",
+        "",
+        "| arm | step s | time ×CE | peak MiB added | mem ×CE | CE | CE + 0.3·NTL |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, a in res["arms"].items():
+        total = "" if a["loss"]["ntl"] is None else f"{a['loss']['total']:.6f}"
+        lines.append(f"| {name} | {a['time_s']:,.2f} | {_fmt_ratio(a['time_ratio'])} | "
+                     f"{_fmt_bytes(a['peak_bytes'])} | {_fmt_ratio(a['mem_ratio'])} | "
+                     f"{a['loss']['ce']:.6f} | {total} |")
+    return lines
 
 
 def _build_t5(spec: str, vocab_size: int):
@@ -520,6 +754,10 @@ def to_markdown(report: dict[str, Any]) -> str:
     train = report.get("train_step")
     if train:
         lines += _train_table(train)
+    if report.get("logits_free_step"):
+        lines += _logits_free_table(report["logits_free_step"])
+    if report.get("linear_memory"):
+        lines += _linear_memory_table(report["linear_memory"])
     return "\n".join(lines) + "\n"
 
 
@@ -629,6 +867,17 @@ def run(args: argparse.Namespace) -> int:
                                  "warmup": args.warmup, "threads": args.threads, "quick": quick},
                        args.omp_wait)
         bar.update()
+    logits_free_step = None
+    if args.logits_free_steps:
+        bar.set_postfix_str("logits-free training step")
+        logits_free_step = _spawn("logits-free-step", {
+            "device": args.device, "steps": min(args.logits_free_steps, 2) if quick
+            else args.logits_free_steps, "threads": args.threads, "quick": quick},
+            args.omp_wait)
+    linear_memory = None
+    if args.linear_memory:
+        bar.set_postfix_str("logits-free memory")
+        linear_memory = linear_memory_check(args.threads)
     bar.close()
     import torch
 
@@ -646,6 +895,8 @@ def run(args: argparse.Namespace) -> int:
                                    "config")},
         "results": results,
         "train_step": train,
+        "logits_free_step": logits_free_step,
+        "linear_memory": linear_memory,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -658,16 +909,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """``python -m ntl.bench loss|train`` with the config as JSON on stdin; JSON on stdout."""
+    """``python -m ntl.bench KIND`` (``loss``, ``train``, ``linear-memory``,
+    ``logits-free-step``) with the config as JSON on stdin; JSON on stdout."""
     kind = argv[0] if argv else ""
     config = json.loads(sys.stdin.read())
     if kind == "loss":
         result = run_config(config)
     elif kind == "train":
         result = run_train_step(config)
+    elif kind == "linear-memory":
+        result = run_linear_memory(config)
+    elif kind == "logits-free-step":
+        result = run_logits_free_step(config)
     else:
-        print(f"usage: python -m ntl.bench loss|train < config.json (got {argv})",
-              file=sys.stderr)
+        print("usage: python -m ntl.bench loss|train|linear-memory|logits-free-step "
+              f"< config.json (got {argv})", file=sys.stderr)
         return 2
     print(json.dumps(result))
     return 0

@@ -66,6 +66,8 @@ class NumberTable:
         number_ids: int64 (K,), ids of number tokens, ascending.
         number_values: float32 (K,), their values.
         digit_counts: int64 (V,), digits in each number token (``3.5`` -> 2), 0 elsewhere.
+        frac_digits: int64 (V,), digits after the point of a decimal number token (``3.5``
+            -> 1, ``12.25`` -> 2), 0 elsewhere (the number-level loss places them).
         is_dot: bool (V,), tokens whose text is ``.`` (decimal point for number-level loss).
         is_minus: bool (V,), tokens whose text is ``-``.
         value_span: max - min of the number values (the largest token distance).
@@ -77,6 +79,7 @@ class NumberTable:
     number_ids: torch.Tensor
     number_values: torch.Tensor
     digit_counts: torch.Tensor
+    frac_digits: torch.Tensor
     is_dot: torch.Tensor
     is_minus: torch.Tensor
     value_span: float
@@ -91,7 +94,7 @@ class NumberTable:
         moved = {
             name: getattr(self, name).to(device)
             for name in ("values", "is_number", "number_ids", "number_values", "digit_counts",
-                         "is_dot", "is_minus")
+                         "frac_digits", "is_dot", "is_minus")
         }
         return NumberTable(**moved, value_span=self.value_span, min_gap=self.min_gap)
 
@@ -129,6 +132,7 @@ class NumberVocab:
 
         values = torch.full((self.vocab_size,), float("nan"), dtype=torch.float32)
         digit_counts = torch.zeros(self.vocab_size, dtype=torch.int64)
+        frac_digits = torch.zeros(self.vocab_size, dtype=torch.int64)
         is_dot = torch.zeros(self.vocab_size, dtype=torch.bool)
         is_minus = torch.zeros(self.vocab_size, dtype=torch.bool)
         for token, idx in token_to_id.items():
@@ -136,11 +140,13 @@ class NumberVocab:
             if value is not None:
                 values[idx] = value
                 digit_counts[idx] = sum(ch.isdigit() for ch in strip_marker(token))
+                frac_digits[idx] = len(strip_marker(token).partition(".")[2])
             stripped = strip_marker(token)
             is_dot[idx] = stripped == "."
             is_minus[idx] = stripped == "-"
         self.values = values
         self.digit_counts = digit_counts
+        self.frac_digits = frac_digits
         self.number_ids = torch.nonzero(~torch.isnan(values)).flatten()
         self.number_values = values[self.number_ids]
         id_to_token = {idx: tok for tok, idx in token_to_id.items()}
@@ -212,6 +218,7 @@ class NumberVocab:
                 number_ids=self.number_ids,
                 number_values=self.number_values,
                 digit_counts=self.digit_counts,
+                frac_digits=self.frac_digits,
                 is_dot=self._is_dot,
                 is_minus=self._is_minus,
                 value_span=span,

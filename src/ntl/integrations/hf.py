@@ -16,7 +16,10 @@ Two ways in, both for encoder-decoder (labels aligned with the decoder logits) a
                             ntl_loss=CrossEntropyWithNTL(vocab, ntl="was", lam=0.3))
        trainer.train()
 
-   ``causal`` defaults to ``not model.config.is_encoder_decoder``.
+   ``causal`` defaults to ``not model.config.is_encoder_decoder``. ``logits_free=True``
+   (decoder-only models) computes the training loss from the final hidden states and
+   ``lm_head.weight`` inside the model's forward, never building the (B, T, V) logits
+   (`ntl.integrations.logits_free`); evaluation keeps ordinary logits.
 
 2. **make_compute_loss_func** — a ``compute_loss_func`` for a plain ``Trainer`` (or any trainer
    that calls ``compute_loss_func(outputs, labels, num_items_in_batch=...)``)::
@@ -141,6 +144,12 @@ class NTLLossFunc:
         """``(CE items, NTL items)`` of unshifted ``labels`` (after this glue's alignment)."""
         return self.loss.count_items(self.align(labels))
 
+    def record(self, out: LossOutput) -> None:
+        """Keep the parts of a training call (computed elsewhere, e.g. logits-free) for logs."""
+        parts = torch.stack([out.ce.detach().float(), out.ntl.detach().float()])
+        self._sums = parts if self._sums is None else self._sums + parts.to(self._sums.device)
+        self.last = LossOutput(out.total.detach(), out.ce.detach(), out.ntl.detach())
+
     def __call__(
         self,
         outputs: Any,
@@ -174,9 +183,7 @@ class NTLLossFunc:
             num_number_items=num_number_items,
         )
         if logits.requires_grad:
-            parts = torch.stack([out.ce.detach().float(), out.ntl.detach().float()])
-            self._sums = parts if self._sums is None else self._sums + parts.to(self._sums.device)
-            self.last = LossOutput(out.total.detach(), out.ce.detach(), out.ntl.detach())
+            self.record(out)
         return out.total
 
     def _estimate_number_items(
@@ -258,6 +265,14 @@ class NTLTrainer(Trainer):
         ntl_loss: the loss, ``CrossEntropyWithNTL(vocab, ntl="was", lam=0.3)``.
         causal: shift labels for decoder-only models; default ``not
             model.config.is_encoder_decoder``.
+        logits_free: decoder-only models only. Training steps compute ``CE + λ·NTL`` inside
+            the model's forward from its final hidden states and ``lm_head.weight``
+            (`ntl.integrations.logits_free.apply_logits_free` patches the model), so the
+            (B, T, V) logits are never built; the model is still called through its DDP
+            wrapper. Evaluation and generation keep ordinary logits. Needs an ``ntl`` with a
+            fused kernel (``was``/``mse``/``mae``/``huber``) and the whole ``lm_head`` weight
+            in each process: refused under FSDP and DeepSpeed ZeRO-3.
+        logits_free_chunk_size: rows per chunk of the logits-free loss (default: automatic).
 
     What it changes, and nothing else:
 
@@ -281,6 +296,8 @@ class NTLTrainer(Trainer):
         *args: Any,
         ntl_loss: CrossEntropyWithNTL,
         causal: bool | None = None,
+        logits_free: bool = False,
+        logits_free_chunk_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         if Trainer is object:  # pragma: no cover
@@ -303,6 +320,32 @@ class NTLTrainer(Trainer):
         self._num_number_items: torch.Tensor | None = None
         self._current_number_items: torch.Tensor | None = None
         self._ntl_last_logged_step: int | None = None
+        self.logits_free = bool(logits_free)
+        if self.logits_free:
+            self._setup_logits_free(logits_free_chunk_size)
+
+    def _setup_logits_free(self, chunk_size: int | None) -> None:
+        from ntl.integrations.logits_free import apply_logits_free
+
+        if not self.causal:
+            raise ValueError("logits_free=True is for decoder-only models (causal=True); an "
+                             "encoder-decoder trains with materialized logits.")
+        if self.model is None:
+            raise ValueError("logits_free=True patches the model's forward: pass model=..., "
+                             "not model_init.")
+        sharded = None
+        if getattr(self, "is_fsdp_enabled", False):
+            sharded = "FSDP"
+        elif getattr(self, "is_deepspeed_enabled", False):
+            plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+            if getattr(plugin, "zero_stage", None) == 3:
+                sharded = "DeepSpeed ZeRO-3"
+        if sharded:
+            raise ValueError(
+                f"logits_free=True needs the whole lm_head weight inside the model's forward, "
+                f"but {sharded} shards it. Use DDP or DeepSpeed ZeRO-1/2, or logits_free=False "
+                "(materialized logits, fused CE+NTL).")
+        apply_logits_free(self.model, self.ntl_loss_func.loss, chunk_size=chunk_size)
 
     # -- counting -----------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -347,6 +390,8 @@ class NTLTrainer(Trainer):
             self._current_number_items = (
                 self.ntl_loss_func.count_items(labels)[1] if labels is not None else None
             )
+        if self.logits_free and model.training and "labels" in inputs:
+            return self._logits_free_loss(model, inputs, return_outputs, num_items_in_batch)
         if not self.causal and "labels" in inputs and "decoder_input_ids" not in inputs:
             # The Trainer pops the labels before the forward when a compute_loss_func is set, so
             # an encoder-decoder would get no decoder inputs: build them as the model would.
@@ -354,6 +399,21 @@ class NTLTrainer(Trainer):
         return super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+
+    def _logits_free_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        """A training loss computed inside the (patched, possibly wrapped) model's forward."""
+        n_ntl = self._current_number_items if num_items_in_batch is not None else None
+        if num_items_in_batch is not None and n_ntl is None:  # as NTLLossFunc does
+            n_ntl = self.ntl_loss_func._estimate_number_items(
+                self.ntl_loss_func.align(inputs["labels"]), num_items_in_batch)
+        outputs = model(**inputs, num_items_in_batch=num_items_in_batch, num_number_items=n_ntl)
+        self.ntl_loss_func.record(LossOutput(outputs.loss, outputs.ce, outputs.ntl))
+        loss = outputs.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # As Trainer.compute_loss: the counts are global, DDP averages the gradients.
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size()
+                           if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return (loss, outputs) if return_outputs else loss
 
     def _compute_loss_with_counts(self, outputs, labels, num_items_in_batch=None):
         return self.ntl_loss_func(

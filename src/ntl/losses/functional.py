@@ -3,7 +3,9 @@
 All losses take
 
 - ``logits``: float (B, T, V) or (N, V), any float dtype (fp32/bf16/fp16/fp64); math runs in
-  float32 (float64 stays float64) and the result comes back in the logits' dtype;
+  float32 (float64 stays float64) and the result comes back in that compute dtype (float32
+  for fp32 / bf16 / fp16 logits, as Hugging Face's loss utilities do: an fp16 model never
+  overflows the loss);
 - ``labels``: int64 (B, T) or (N,), aligned with the logits (no shifting inside), ids in
   ``[0, V)`` or ``ignore_index``;
 - ``vocab``: a `ntl.NumberVocab` (or its `NumberTable`), with ``vocab_size == V``.
@@ -148,6 +150,15 @@ def _number_logits(logits: torch.Tensor, table: NumberTable, dtype) -> torch.Ten
     return flat.index_select(-1, table.number_ids).to(dtype)
 
 
+def _counting_number_logits(
+    logits: torch.Tensor, table: NumberTable, targets: _Targets, dtype
+) -> torch.Tensor:
+    """(N, K) number-token logits, replaced by 0 in rows that do not count (ignored labels,
+    non-number labels): a NaN / inf logit there must not reach the loss or its gradient."""
+    z = _number_logits(logits, table, dtype)
+    return torch.where(targets.is_number[:, None], z, 0.0)
+
+
 def _number_mass(logits: torch.Tensor, number_logits: torch.Tensor, dtype) -> torch.Tensor:
     """(N,) probability mass on the number tokens under the full softmax.
 
@@ -169,20 +180,23 @@ def _reduce(
     labels: torch.Tensor,
     reduction: str,
     num_items_in_batch: Any,
-    out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Apply weights (0 at positions that do not count) and the reduction."""
-    weighted = per_token * weights
+    """Apply weights (0 at positions that do not count) and the reduction.
+
+    Positions with weight 0 are dropped, not multiplied by 0: whatever their per-token value
+    (NaN / inf from logits that do not count), it never reaches the result.
+    """
+    weighted = torch.where(weights != 0, per_token * weights, 0.0)
     if reduction == "none":
-        return weighted.reshape(labels.shape).to(out_dtype)
+        return weighted.reshape(labels.shape)
     total = weighted.sum()
     if num_items_in_batch is not None:
         denom = torch.as_tensor(num_items_in_batch, dtype=total.dtype, device=total.device)
-        return (total / denom.clamp_min(torch.finfo(total.dtype).tiny)).to(out_dtype)
+        return total / denom.clamp_min(torch.finfo(total.dtype).tiny)
     if reduction == "sum":
-        return total.to(out_dtype)
+        return total
     # No number targets: 0 / tiny = exactly 0, with a gradient path and no NaN.
-    return (total / weights.sum().clamp_min(torch.finfo(total.dtype).tiny)).to(out_dtype)
+    return total / weights.sum().clamp_min(torch.finfo(total.dtype).tiny)
 
 
 def _weights(targets: _Targets, loss_weights: torch.Tensor | None, dtype) -> torch.Tensor:
@@ -250,7 +264,7 @@ def _finish(
     if reweigh:
         per_token = _reweigh(per_token, _number_mass(logits, number_logits, dtype), max_dist)
     weights = _weights(targets, loss_weights, dtype)
-    return _reduce(per_token, weights, labels, reduction, num_items_in_batch, logits.dtype)
+    return _reduce(per_token, weights, labels, reduction, num_items_in_batch)
 
 
 # ---------------------------------------------------------------------- the losses
@@ -285,7 +299,7 @@ def wasserstein(
         raise ValueError("squash_factor applies to one-hot targets only; drop it or target_probs.")
     dtype = _compute_dtype(logits)
     targets = _Targets(labels, table, ignore_index, dtype)
-    z = _number_logits(logits, table, dtype)
+    z = _counting_number_logits(logits, table, targets, dtype)
     p = torch.softmax(z, dim=-1)
     if target_probs is None:
         dist = _distance_matrix(table, squash_factor, dtype)
@@ -380,7 +394,7 @@ def expectation(
              loss_weights=loss_weights, num_items_in_batch=num_items_in_batch)
     dtype = _compute_dtype(logits)
     targets = _Targets(labels, table, ignore_index, dtype)
-    z = _number_logits(logits, table, dtype)
+    z = _counting_number_logits(logits, table, targets, dtype)
     y_hat = torch.softmax(z, dim=-1) @ table.number_values.to(dtype)
     per_token = distance(y_hat - targets.y)
     span = torch.tensor(table.value_span, dtype=dtype)
@@ -409,19 +423,15 @@ def _since_span_start(cum: torch.Tensor, start: torch.Tensor, step: torch.Tensor
     return cum - torch.cummax(before_start, dim=1).values
 
 
-def number_spans(labels: torch.Tensor, table: NumberTable, ignore_index: int = -100):
-    """Group the number tokens of each label row into numbers and give each its place value.
+def _number_places(labels: torch.Tensor, table: NumberTable, ignore_index: int = -100):
+    """The numbers in each label row and the decimal exponent of every number token.
 
-    Returns ``(start, span_id, scale, sign)``, all (B, T): ``start`` marks the first token of
-    each number, ``span_id`` is a row-unique id in ``[0, T]`` (0 = not in a number), ``scale``
-    is the place value of each number token (``10**e``, 0 elsewhere), ``sign`` is −1 where a
-    ``-`` token directly precedes the number.
-
-    Rules: consecutive number tokens form one number (1-3-digit chunks too: ``12`` ``345``
-    -> 12345, place values from each token's digit count). A ``.`` token between number tokens
-    is the decimal point (first one only: in ``1.2.3`` the second ``.`` ends the number). Any
-    other token — ``,``, ``_``, a space piece like ``▁`` — ends the number, so ``1,000`` is two
-    numbers (1 and 0).
+    Returns ``(start, span_id, exponent, sign, is_num)``, all (B, T): ``start`` (bool) marks
+    the first token of each number, ``span_id`` (int64) is a row-unique id in ``[0, T]`` (0 =
+    not in a number), ``exponent`` (int64) the power of ten a token's value is multiplied by (0
+    outside numbers), ``sign`` (float32) −1 where a ``-`` token directly precedes the number,
+    ``is_num`` (bool) the number tokens. Exponents are integers, so nothing overflows however
+    long the digit run is.
     """
     rows = labels.reshape(-1, labels.shape[-1]).long()
     keep = rows != ignore_index
@@ -429,38 +439,63 @@ def number_spans(labels: torch.Tensor, table: NumberTable, ignore_index: int = -
     is_num = keep & table.is_number[safe]
     is_dot = keep & table.is_dot[safe]
     is_minus = keep & table.is_minus[safe]
-    digits = torch.where(is_num, table.digit_counts[safe], torch.zeros_like(safe))
+    zero = torch.zeros_like(safe)
+    digits = torch.where(is_num, table.digit_counts[safe], zero)
+    frac = torch.where(is_num, table.frac_digits[safe], zero)
+    has_point = frac > 0  # a decimal token such as ``3.5``
 
     cand_dot = is_dot & _shift_right(is_num, False) & _shift_left(is_num, False)
     in_span = is_num | cand_dot
     start = in_span & ~_shift_right(in_span, False)
-    # A second decimal point in one span ends the number there.
-    dots_so_far = _since_span_start(torch.cumsum(cand_dot.long(), 1), start, cand_dot.long())
-    in_span = is_num | (cand_dot & (dots_so_far == 1))
-    start = in_span & ~_shift_right(in_span, False)
+    # Points of a span: ``.`` tokens and decimal tokens. A second point ends the number: a
+    # second ``.`` is dropped from the span, a second decimal token starts a new number.
+    point = (cand_dot | has_point).long()
+    points_so_far = _since_span_start(torch.cumsum(point, 1), start, point)
+    in_span = is_num | (cand_dot & (points_so_far == 1))
+    start = (in_span & ~_shift_right(in_span, False)) | (has_point & (points_so_far > 1))
     start_num = start & is_num  # a span never starts with its point
 
     span_id = torch.cumsum(start.long(), 1) * in_span.long()
-    dots_seen = _since_span_start(torch.cumsum((cand_dot & in_span).long(), 1), start,
-                                  (cand_dot & in_span).long())
-    is_int = is_num & (dots_seen == 0)
-    is_frac = is_num & (dots_seen > 0)
+    point = ((cand_dot & in_span) | has_point).long()
+    points_before = _since_span_start(torch.cumsum(point, 1), start, point) - point
+    is_int = is_num & (points_before == 0)  # integer part (a decimal token ends it)
+    is_frac = is_num & (points_before > 0)
 
-    # Integer part: exponent = digits of later integer tokens of the same number.
+    # Integer part: exponent = integer digits of the later integer-part tokens of the number.
     b, t = rows.shape
     flat_id = (torch.arange(b, device=rows.device)[:, None] * (t + 1) + span_id).reshape(-1)
-    int_digits = torch.where(is_int, digits, torch.zeros_like(digits))
+    int_digits = torch.where(is_int, digits - frac, zero)
     total_int = torch.zeros(b * (t + 1), dtype=digits.dtype, device=rows.device)
     total_int.index_add_(0, flat_id, int_digits.reshape(-1))
     int_so_far = _since_span_start(torch.cumsum(int_digits, 1), start, int_digits)
     exp_int = total_int[flat_id].reshape(b, t) - int_so_far
-    # Fraction: exponent = −(digits of fraction tokens up to and including this one).
-    frac_digits = torch.where(is_frac, digits, torch.zeros_like(digits))
-    exp_frac = -_since_span_start(torch.cumsum(frac_digits, 1), start, frac_digits)
-    exponent = torch.where(is_frac, exp_frac, exp_int)
-    scale = torch.where(is_num, torch.pow(10.0, exponent.double()), 0.0)
+    # Fraction: exponent = −(fraction digits up to and including this token; a decimal token
+    # in the integer part contributes the digits after its point).
+    frac_digits = torch.where(is_frac, digits, torch.where(is_int, frac, zero))
+    frac_so_far = _since_span_start(torch.cumsum(frac_digits, 1), start, frac_digits)
+    exponent = torch.where(is_frac, -frac_so_far, torch.where(is_num, exp_int, zero))
     sign = torch.where(_shift_right(is_minus, False) & start, -1.0, 1.0)
-    return start_num, span_id, scale, sign
+    return start_num, span_id, exponent, sign, is_num
+
+
+def number_spans(labels: torch.Tensor, table: NumberTable, ignore_index: int = -100):
+    """Group the number tokens of each label row into numbers and give each its place value.
+
+    Returns ``(start, span_id, scale, sign)``, all (B, T): ``start`` marks the first token of
+    each number, ``span_id`` is a row-unique id in ``[0, T]`` (0 = not in a number), ``scale``
+    is the place value of each number token (``10**e``, float64, 0 elsewhere), ``sign`` is −1
+    where a ``-`` token directly precedes the number.
+
+    Rules: consecutive number tokens form one number (1-3-digit chunks too: ``12`` ``345``
+    -> 12345, place values from each token's digit count). A ``.`` token between number tokens
+    is the decimal point (first one only: in ``1.2.3`` the second ``.`` ends the number). A
+    decimal token (``3.5``, ``numbers`` mode) carries its own point: ``1`` ``3.5`` -> 13.5, and
+    a decimal token after a point starts a new number. Any other token — ``,``, ``_``, a space
+    piece like ``▁`` — ends the number, so ``1,000`` is two numbers (1 and 0).
+    """
+    start, span_id, exponent, sign, is_num = _number_places(labels, table, ignore_index)
+    scale = torch.where(is_num, torch.pow(10.0, exponent.double()), 0.0)
+    return start, span_id, scale, sign
 
 
 def number_level(
@@ -495,29 +530,41 @@ def number_level(
         raise ValueError(f"offset must be > 0 to keep a gradient at y = 0, got {offset}.")
     dtype = _compute_dtype(logits)
     rows = labels.reshape(-1, labels.shape[-1])
-    start, span_id, scale, sign = number_spans(rows, table, ignore_index)
+    start, span_id, exponent, sign, is_num = _number_places(rows, table, ignore_index)
     targets = _Targets(rows, table, ignore_index, dtype)
     z = _number_logits(logits, table, dtype)
+    # Rows outside numbers never count: their logits (NaN / inf allowed) must not leak in.
+    z = torch.where(is_num.reshape(-1, 1), z, 0.0)
     y_hat = torch.softmax(z, dim=-1) @ table.number_values.to(dtype)
 
+    # Each number is computed relative to its leading place, 10**top: every place value is
+    # 10**(e − top) <= 1, so digit runs of any length stay finite (the loss is scale-free, only
+    # the offset is scaled along).
     b, t = rows.shape
+    n_spans = b * (t + 1)
     flat_id = (torch.arange(b, device=rows.device)[:, None] * (t + 1) + span_id).reshape(-1)
-    scale = scale.reshape(-1).to(dtype)
-    big_y = torch.zeros(b * (t + 1), dtype=dtype, device=rows.device).index_add(
+    first = start.reshape(-1)
+    top = torch.zeros(n_spans, dtype=exponent.dtype, device=rows.device)
+    top[flat_id[first]] = exponent.reshape(-1)[first]
+    rel = (exponent.reshape(-1) - top[flat_id]).double()
+    scale = torch.where(is_num.reshape(-1), torch.pow(10.0, rel), 0.0).to(dtype)
+    big_y = torch.zeros(n_spans, dtype=dtype, device=rows.device).index_add(
         0, flat_id, targets.y * scale)
-    big_y_hat = torch.zeros(b * (t + 1), dtype=dtype, device=rows.device).index_add(
+    big_y_hat = torch.zeros(n_spans, dtype=dtype, device=rows.device).index_add(
         0, flat_id, y_hat * scale)
     sign = sign.reshape(-1).to(dtype)
     y_num = big_y[flat_id] * sign
     y_hat_num = big_y_hat[flat_id] * sign
+    offset_rel = (offset * torch.pow(10.0, -top[flat_id].double())).to(dtype)
     distance = (y_hat_num - y_num).abs()
-    per_number = distance / (distance + y_num.abs() + offset)
+    denom = (distance + y_num.abs() + offset_rel).clamp_min(torch.finfo(dtype).tiny)
+    per_number = distance / denom
     if reweigh:
         per_number = _reweigh(per_number, _number_mass(logits, z, dtype), 1.0)
     weights = start.reshape(-1).to(dtype)
     if loss_weights is not None:
         weights = weights * loss_weights.reshape(-1).to(dtype)
-    return _reduce(per_number, weights, labels, reduction, num_items_in_batch, logits.dtype)
+    return _reduce(per_number, weights, labels, reduction, num_items_in_batch)
 
 
 def count_numbers(
@@ -536,8 +583,9 @@ def cross_entropy(
     ignore_index: int = -100,
     num_items_in_batch: Any = None,
 ) -> torch.Tensor:
-    """Token-level CE in float32, mean over non-ignored tokens or sum / ``num_items_in_batch``."""
-    flat = logits.reshape(-1, logits.shape[-1]).float()
+    """Token-level CE in float32 (float64 for float64 logits), mean over non-ignored tokens or
+    sum / ``num_items_in_batch``."""
+    flat = logits.reshape(-1, logits.shape[-1]).to(_compute_dtype(logits))
     target = labels.reshape(-1).long()
     if num_items_in_batch is None:
         return F.cross_entropy(flat, target, ignore_index=ignore_index)

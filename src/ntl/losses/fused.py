@@ -33,9 +33,15 @@ Limits:
   through the plain path (`functional` + CE on materialized logits; the linear path then
   materializes the logits).
 - The gradient is made during forward, so the graph can be back-propagated once (no
-  ``retain_graph`` re-use, no double backward). Back-propagating through ``ce`` or ``ntl``
-  separately (not only ``total``) works; it costs a reconstruction (materialized path) or a
-  recomputation (linear path).
+  ``retain_graph`` re-use, no double backward); ``cross_entropy_with_ntl(..., fused=False)``
+  (``CrossEntropyWithNTL(..., fused=False)``) runs the same loss through plain autograd for
+  that. Back-propagating through ``ce`` or ``ntl`` separately (not only ``total``) works: the
+  materialized path rescales its stored gradient row by row and rebuilds the number columns
+  from float32 values kept in forward (as precise as autograd in bf16), the linear path
+  recomputes.
+- Rows whose CE exceeds ~69 nats (the softmax at the target underflows) are recomputed
+  exactly, one chunk of rows at a time (the linear path recomputes their logits chunk by
+  chunk, which adds one projection of those rows to the forward time).
 - Outputs are float32 (float64 for float64 inputs) whatever the input dtype; the logits
   gradient comes back in the logits' dtype.
 """
@@ -259,6 +265,7 @@ class _Outs:
     ntl_num: torch.Tensor  # (M,)
     d_num: torch.Tensor | None = None  # (M, K) NTL gradient on the number columns
     d_lse: torch.Tensor | None = None  # (M,) NTL gradient w.r.t. the row's lse (reweigh)
+    p_num: torch.Tensor | None = None  # (M, K) full softmax on the number columns
 
 
 def _softmax_into(z: torch.Tensor, buf: torch.Tensor) -> None:
@@ -307,8 +314,11 @@ def _rows_pass(
     outs.ce_tok[start:start + rows] = -torch.log(p_tgt)
     if has_num:
         mass = None
-        if plan.spec.reweigh:
-            mass = buf[loc[:, None], plan.spec.number_ids[None, :]].sum(1)
+        if plan.spec.reweigh or outs.p_num is not None:
+            p_num = buf[loc[:, None], plan.spec.number_ids[None, :]].to(plan.dtype)
+            mass = p_num.sum(1)
+            if outs.p_num is not None:
+                outs.p_num[a:b] = p_num
         loss, d_num, d_lse = _ntl_rows(z_num, mass, plan.num_k[a:b], plan.num_y[a:b],
                                        plan.spec)
         outs.ntl_num[a:b] = loss
@@ -333,17 +343,29 @@ def _rows_pass(
 _CE_EXACT_ABOVE = 69.0
 
 
-def _fix_large_ce(outs: _Outs, plan: _Plan, logits_of_rows) -> None:
+def _fix_large_ce(outs: _Outs, plan: _Plan, logits_of_rows, rows_per_chunk: int) -> None:
     """Recompute CE = logsumexp(z) − z_y exactly where the softmax at the target underflowed.
 
-    ``logits_of_rows(idx)`` returns the (len(idx), V) logits of rows ``idx``.
+    ``logits_of_rows(idx)`` returns the (len(idx), V) logits of rows ``idx``; it is called on at
+    most ``rows_per_chunk`` rows at a time, so the fix-up never needs more than one chunk of
+    logits (with large logits most rows can need it).
     """
     bad = torch.nonzero(~(outs.ce_tok <= _CE_EXACT_ABOVE) & plan.keep).flatten()
-    if bad.numel() == 0:
-        return
-    z = logits_of_rows(bad).to(plan.dtype)
-    z_tgt = z.gather(1, plan.targets[bad][:, None]).squeeze(1)
-    outs.ce_tok[bad] = torch.logsumexp(z, dim=1) - z_tgt
+    for start in range(0, bad.numel(), rows_per_chunk):
+        idx = bad[start:start + rows_per_chunk]
+        z = logits_of_rows(idx)
+        z = z.to(plan.dtype) if z.dtype != plan.dtype else z
+        z_tgt = z.gather(1, plan.targets[idx][:, None]).squeeze(1)
+        outs.ce_tok[idx] = _logsumexp_(z) - z_tgt
+        del z
+
+
+def _logsumexp_(z: torch.Tensor) -> torch.Tensor:
+    """Row-wise logsumexp of a (R, V) tensor computed in place (``z`` is destroyed): no
+    temporary of z's size, unlike ``torch.logsumexp``."""
+    top = z.amax(1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    return z.sub_(top).exp_().sum(1).log_() + top.squeeze(1)
 
 
 def _chunk_rows(n_rows: int, vocab_size: int, chunk_size: int | None, budget: int,
@@ -390,6 +412,7 @@ def _fused_forward(
         grad = torch.empty_like(flat, memory_format=torch.contiguous_format)
         outs.d_num = torch.empty(m, plan.spec.number_ids.numel(), dtype=plan.dtype, device=dev)
         outs.d_lse = torch.empty(m, dtype=plan.dtype, device=dev) if plan.spec.reweigh else None
+        outs.p_num = torch.empty_like(outs.d_num)  # for an exact split backward (ce / ntl)
     direct = need_grad and flat.dtype == plan.dtype  # write the gradient straight into place
     scratch = None
     if not direct:
@@ -406,7 +429,7 @@ def _fused_forward(
                    lam_ntl_w[a:b] if need_grad else None)
         if need_grad and not direct:
             grad[start:stop].copy_(buf)
-    _fix_large_ce(outs, plan, lambda idx: flat[idx])
+    _fix_large_ce(outs, plan, lambda idx: flat[idx], rows_per_chunk)
     return outs, grad
 
 
@@ -427,8 +450,11 @@ class _FusedCEWithNTL(torch.autograd.Function):
         grad = ctx.grad
         if grad is None:
             raise RuntimeError(
-                "fused CE+NTL: backward can run once per forward (the gradient is made during "
-                "forward); use the plain path (CrossEntropyWithNTL) with retain_graph=True."
+                "fused CE+NTL: backward ran a second time on one forward, but the fused path "
+                "makes its gradient during forward and hands it out once. To back-propagate "
+                "twice (retain_graph=True) or take higher-order gradients, use the autograd "
+                "path: CrossEntropyWithNTL(vocab, ..., fused=False) or "
+                "cross_entropy_with_ntl(..., fused=False)."
             )
         ctx.grad = None
         gt, gc, gn = _as_rows(g_total), _as_rows(g_ce), _as_rows(g_ntl)
@@ -450,40 +476,37 @@ def _split_backward(
 ) -> torch.Tensor:
     """The logits gradient when ``ce`` or ``ntl`` (not only ``total``) get a gradient.
 
-    ``grad`` holds ``G = ce_w·E + λ·ntl_w·D`` per row (E, D the CE and NTL row gradients); we
-    need ``(gt + gc)·ce_w·E + (λ·gt + gn)·ntl_w·D = (gt + gc)·G + (gn − λ·gc)·ntl_w·D``.
-    D is ``d_num`` on the number columns plus ``d_lse·softmax`` (reweigh only); the softmax of
-    a number row is recovered from G: ``p = (G + ce_w·onehot − λ·ntl_w·d_num) / a`` with
-    ``a = ce_w + λ·ntl_w·d_lse`` (> 0 since λ ≥ 0 and d_lse ≥ 0).
+    ``grad`` holds ``G = ce_w·E + λ·ntl_w·D`` per row, E = softmax − onehot (CE), D = the NTL
+    row gradient: ``d_num`` on the K number columns plus ``d_lse·softmax`` (reweigh only). We
+    need ``c_ce·ce_w·E + c_ntl·ntl_w·D`` with ``c_ce = gt + gc``, ``c_ntl = λ·gt + gn``.
+    Off the number columns every row of G is a multiple of the softmax, so a per-row ratio
+    rescales it exactly (no subtraction: low-precision G loses nothing more than its own
+    rounding). On the number columns of number rows the result is rebuilt in the compute dtype
+    from what forward kept: the softmax there (``p_num``), ``d_num`` and ``d_lse``.
     """
     dtype, dev = plan.dtype, grad.device
     zero = torch.zeros((), dtype=dtype, device=dev)
     gt = zero if gt is None else gt.to(dtype)
     gc = zero if gc is None else gc.to(dtype)
     gn = zero if gn is None else gn.to(dtype)
+    c_ce = gt + gc
+    c_ntl = plan.lam * gt + gn
     rows, ids = plan.num_rows, plan.spec.number_ids
-    m = rows.numel()
-    if m:
-        coef = gn - plan.lam * gc
-        coef = (coef if coef.dim() == 0 else coef[rows]) * plan.ntl_w  # (M,)
-        fix = coef[:, None] * outs.d_num  # (M, K)
-        softmax_part = None
-        if outs.d_lse is not None:
-            ce_w = plan.ce_w[rows]
-            denom = ce_w + plan.lam * plan.ntl_w * outs.d_lse
-            if not bool((denom > 0).all()):
-                raise RuntimeError("fused CE+NTL: cannot separate the ce and ntl gradients for "
-                                   "these inputs; back-propagate `total` or use the plain path.")
-            p = grad[rows].to(dtype)  # (M, V), reweigh + split backward only
-            p.scatter_add_(1, plan.targets[rows][:, None], ce_w[:, None])
-            p[:, ids] -= plan.lam * plan.ntl_w[:, None] * outs.d_num
-            softmax_part = p.mul_((coef * outs.d_lse / denom)[:, None])
-    _scale_rows(grad, gt + gc)
-    if m:
-        if softmax_part is not None:
-            grad.index_add_(0, rows, softmax_part.to(grad.dtype))
-        flat_idx = (rows[:, None] * grad.shape[1] + ids[None, :]).reshape(-1)
-        grad.view(-1).index_add_(0, flat_idx, fix.reshape(-1).to(grad.dtype))
+    ratio = c_ce.expand(plan.n_rows).clone()  # (N,)
+    exact = None
+    if rows.numel():
+        c_ce_m = c_ce if c_ce.dim() == 0 else c_ce[rows]
+        c_ntl_m = (c_ntl if c_ntl.dim() == 0 else c_ntl[rows]) * plan.ntl_w  # (M,)
+        ce_w = plan.ce_w[rows]
+        onehot = torch.zeros_like(outs.p_num).scatter_(1, plan.num_k[:, None], 1.0)
+        exact = (c_ce_m * ce_w)[:, None] * (outs.p_num - onehot) + c_ntl_m[:, None] * outs.d_num
+        if outs.d_lse is not None:  # the softmax part of D: d_lse·softmax
+            exact += (c_ntl_m * outs.d_lse)[:, None] * outs.p_num
+            stored = ce_w + plan.lam * plan.ntl_w * outs.d_lse  # > 0: ce_w > 0, d_lse >= 0
+            ratio[rows] = (c_ce_m * ce_w + c_ntl_m * outs.d_lse) / stored
+    grad.mul_(ratio.to(grad.dtype)[:, None])
+    if exact is not None:
+        grad[rows[:, None], ids[None, :]] = exact.to(grad.dtype)
     return grad
 
 
@@ -498,11 +521,13 @@ def _linear_loop(
     ntl_w: torch.Tensor | None,
     grad_hidden: bool,
     grad_weight: bool,
+    need_loss: bool = True,
 ) -> tuple[_Outs, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Row loop over ``z = hidden @ weight.T (+ bias)`` without materializing z.
 
     With ``ce_w`` (N,) and ``ntl_w`` (M,) (None: loss only) it also returns the gradients of
     ``sum(ce_w·ce) + sum(ntl_w·ntl)`` w.r.t. hidden (N, d), weight (V, d), bias (V,).
+    ``need_loss=False`` (a backward recomputation) skips the exact fix-up of large CE values.
     """
     n, _ = hidden.shape
     vocab = weight.shape[0]
@@ -545,10 +570,11 @@ def _linear_loop(
     del buf, buf_all
 
     def logits_of_rows(idx: torch.Tensor) -> torch.Tensor:
-        z = hidden[idx] @ w_t
-        return z if bias is None else z + bias
+        h = hidden[idx]
+        return h @ w_t if bias is None else torch.addmm(bias, h, w_t)
 
-    _fix_large_ce(outs, plan, logits_of_rows)
+    if need_loss:
+        _fix_large_ce(outs, plan, logits_of_rows, rows_per_chunk)
     if g_w is not None and g_w.dtype != weight.dtype:
         g_w = g_w.to(weight.dtype)
     if g_b is not None and g_b.dtype != bias.dtype:
@@ -595,7 +621,7 @@ class _LinearCEWithNTL(torch.autograd.Function):
         ntl_w = (ntl_coef if ntl_coef.dim() == 0 else ntl_coef[plan.num_rows]) * plan.ntl_w
         ce_w = ce_w.expand(plan.n_rows) if ce_w.dim() == 0 else ce_w
         _, g_h, g_w, g_b = _linear_loop(hidden, weight, bias, plan, ctx.rows_per_chunk,
-                                        ce_w, ntl_w, *ctx.grads)
+                                        ce_w, ntl_w, *ctx.grads, need_loss=False)
         return g_h, g_w, g_b, None, None, None
 
 
@@ -628,21 +654,22 @@ def _plain(
     num_number_items: Any,
     ntl_options: dict[str, Any],
 ) -> FusedOutput:
-    """CE + λ·NTL through `functional` (the unfused reference)."""
+    """CE + λ·NTL through `functional` (the unfused reference, plain autograd)."""
+    dtype = functional._compute_dtype(logits)
     ntl_value = functional.get_loss(ntl)(
         logits, labels, vocab, ignore_index=ignore_index, reduction=reduction,
-        num_items_in_batch=num_number_items, **ntl_options).float()
+        num_items_in_batch=num_number_items, **ntl_options)
+    flat = logits.reshape(-1, logits.shape[-1]).to(dtype)
+    target = labels.reshape(-1).long()
     if reduction == "none":
         ce = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long(),
-            ignore_index=ignore_index, reduction="none").reshape(labels.shape)
+            flat, target, ignore_index=ignore_index, reduction="none").reshape(labels.shape)
     elif reduction == "sum" and num_items_in_batch is None:
-        ce = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long(),
-            ignore_index=ignore_index, reduction="sum")
+        ce = torch.nn.functional.cross_entropy(flat, target, ignore_index=ignore_index,
+                                               reduction="sum")
     else:
         ce = functional.cross_entropy(logits, labels, ignore_index=ignore_index,
-                                  num_items_in_batch=num_items_in_batch)
+                                      num_items_in_batch=num_items_in_batch)
     return FusedOutput(ce + lam * ntl_value, ce, ntl_value)
 
 
@@ -662,6 +689,7 @@ def cross_entropy_with_ntl(
     loss_weights: torch.Tensor | None = None,
     reduction: str = "mean",
     chunk_size: int | None = None,
+    fused: bool = True,
     **ntl_options: Any,
 ) -> FusedOutput:
     """CE + λ·NTL on materialized logits in one fused pass, with a hand-written backward.
@@ -680,6 +708,9 @@ def cross_entropy_with_ntl(
             (``loss_weights`` (labels' shape, ≥ 0) weight the NTL only).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (applies to both terms).
         chunk_size: rows per chunk (default: about 16M logits per chunk, at least 8 rows).
+        fused: ``False`` runs the same loss through plain autograd (`ntl.losses.functional`
+            + ``F.cross_entropy``): more memory and time, but the graph supports
+            ``retain_graph=True`` and higher-order gradients.
 
     Returns:
         ``FusedOutput(total, ce, ntl)``; float32 (float64 for float64 logits).
@@ -688,7 +719,7 @@ def cross_entropy_with_ntl(
     autograd in backward) plus one (chunk, V) float32 scratch for non-float32 logits.
     """
     _validate_common(ntl, lam, reduction, num_items_in_batch, num_number_items)
-    if ntl not in FUSED_LOSSES or ntl_options:
+    if ntl not in FUSED_LOSSES or ntl_options or not fused:
         if ntl in FUSED_LOSSES and set(ntl_options) - {"target_probs"}:
             raise TypeError(f"unexpected options {sorted(ntl_options)} for ntl={ntl!r}.")
         options = dict(ntl_options, reweigh=reweigh, loss_weights=loss_weights)
@@ -822,6 +853,11 @@ def causal_lm_loss(
     **kwargs: Any,
 ) -> FusedOutput:
     """CE + λ·NTL of a Hugging Face decoder-only LM without materializing its logits.
+
+    Call it on the model itself, not on the module inside a ``DistributedDataParallel``
+    wrapper: that would run the body behind DDP's back. For training (DDP included) use
+    `ntl.integrations.logits_free.apply_logits_free`, which computes this loss inside the
+    model's own forward.
 
     Runs the model body (``model.get_decoder()`` / ``model.model``) for the last hidden
     states, shifts the labels as HF's ``ForCausalLMLoss`` does (position t predicts label

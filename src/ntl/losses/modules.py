@@ -15,7 +15,7 @@ from ntl.losses import functional, fused
 from ntl.numbers import NumberTable, NumberVocab
 
 _TABLE_BUFFERS = ("values", "is_number", "number_ids", "number_values", "digit_counts",
-                  "is_dot", "is_minus")
+                  "frac_digits", "is_dot", "is_minus")
 
 
 class _NumberTableModule(nn.Module):
@@ -57,7 +57,7 @@ class NumberTokenLoss(_NumberTableModule):
         **options: passed to the loss function (``reweigh``, ``squash_factor``, ``huber_delta``, ...).
 
     Shapes: logits (B, T, V) or (N, V); labels (B, T) or (N,); returns a 0-d tensor, or the
-    labels' shape with ``reduction="none"``, in the logits' dtype.
+    labels' shape with ``reduction="none"``, in float32 (float64 for float64 logits).
     """
 
     def __init__(
@@ -117,6 +117,9 @@ class CrossEntropyWithNTL(nn.Module):
         ntl: the NTL variant (``"was"``, ``"mse"``, ...; see `functional.LOSSES`).
         lam: weight λ of the NTL term (paper: 0.3). ``lam=0`` trains plain CE, still logging NTL.
         ignore_index: label value skipped by both terms.
+        fused: ``True`` (default) runs the single-pass kernel below; ``False`` plain autograd
+            (functional NTL + ``F.cross_entropy``), for ``retain_graph=True`` / higher-order
+            gradients.
         **ntl_options: passed to the NTL function (``reweigh``, ``squash_factor``, ...).
 
     Call with ``(logits, labels, num_items_in_batch=..., num_number_items=...)``: the first is
@@ -135,6 +138,7 @@ class CrossEntropyWithNTL(nn.Module):
         lam: float = 0.3,
         *,
         ignore_index: int = -100,
+        fused: bool = True,
         **ntl_options: Any,
     ) -> None:
         super().__init__()
@@ -143,6 +147,7 @@ class CrossEntropyWithNTL(nn.Module):
         self.ntl = NumberTokenLoss(vocab, ntl, ignore_index=ignore_index, **ntl_options)
         self.lam = lam
         self.ignore_index = ignore_index
+        self.fused = bool(fused)
 
     @property
     def vocab_size(self) -> int:
@@ -163,6 +168,6 @@ class CrossEntropyWithNTL(nn.Module):
         out = fused.cross_entropy_with_ntl(
             logits, labels, self.ntl.table(), ntl=self.ntl.loss_name, lam=self.lam,
             ignore_index=self.ignore_index, num_items_in_batch=num_items_in_batch,
-            num_number_items=num_number_items, **self.ntl.options,
+            num_number_items=num_number_items, fused=self.fused, **self.ntl.options,
         )
         return LossOutput(*out)
