@@ -346,3 +346,25 @@ def test_flat_logits_accepted():
     np.testing.assert_allclose(
         F.number_level(logits.reshape(-1, vocab.vocab_size), labels.reshape(-1), vocab,
                        reduction="none").numpy().reshape(3, 7)[0, 0], 0, atol=1)
+
+
+def test_soft_wasserstein_gaussian_targets():
+    from ntl.losses.functional import gaussian_targets, soft_wasserstein, wasserstein
+
+    vocab = NumberVocab.from_vocab({**{str(i): i for i in range(10)}, "a": 10})
+    labels = torch.tensor([4, 10, -100, 9])
+    q = gaussian_targets(labels, vocab, sigma=0.5)
+    assert q.shape == (4, 10)
+    torch.testing.assert_close(q.sum(-1), torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert int(q[0].argmax()) == 4 and q[0, 3] == pytest.approx(q[0, 5].item())  # symmetric bell
+    logits = torch.randn(4, 11, generator=torch.Generator().manual_seed(0))
+    # a vanishing width is the one-hot target: plain NTL-WAS
+    torch.testing.assert_close(soft_wasserstein(logits, labels, vocab, sigma=1e-3),
+                               wasserstein(logits, labels, vocab))
+    # the loss is minimal (0) when the prediction is the bell itself
+    z = torch.full((4, 11), -1e4)
+    z[:, :10] = torch.log(q.clamp_min(1e-30))
+    z[1:3, :10] = 0.0  # rows that do not count
+    assert soft_wasserstein(z, labels, vocab, sigma=0.5).item() == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        gaussian_targets(labels, vocab, sigma=0.0)
