@@ -21,6 +21,7 @@ from ntl.integrations.hf import (
 )
 from ntl.models import build_model, model_vocab_size
 from ntl.numbers import load_tokenizer, split_digits
+from tests.conftest import TOKENIZERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def tok():
-    base = split_digits(load_tokenizer("t5-small"))
+    base = split_digits(load_tokenizer(TOKENIZERS / "t5-small"))
     return restrict_tokenizer(base, [r[k] for r in RECORDS for k in ("question", "answer")])
 
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ntl.losses.modules import CrossEntropyWithNTL, LossOutput
-from ntl.numbers import NumberVocab
+from ntl.numbers import NumberVocab, vocab_size_hint
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Trainer, TrainerCallback
@@ -160,10 +160,7 @@ class NTLLossFunc:
                 "expected logits (B, T, V) with labels (B, T)"
             )
         if logits.shape[-1] != self.loss.vocab_size:
-            raise ValueError(
-                f"logits have {logits.shape[-1]} classes but the NumberVocab has vocab_size="
-                f"{self.loss.vocab_size}; build it with vocab_size=model.config.vocab_size"
-            )
+            raise ValueError(vocab_size_hint(logits.shape[-1], self.loss.vocab_size))
         aligned = self.align(labels)
         if num_items_in_batch is not None and num_number_items is None:
             num_number_items = self._estimate_number_items(aligned, num_items_in_batch)
