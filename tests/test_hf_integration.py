@@ -252,3 +252,19 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     trainer = namespace["trainer"]
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert logs and {"ce", "ntl"} <= set(logs[-1])
+
+
+def test_ntl_trainer_logs_eval_ce_and_ntl(tmp_path, tok):
+    model = build_model("llama-micro", model_vocab_size(tok), tokenizer=tok, seed=0)
+    ds = EncodedDataset(encode(RECORDS, tok, causal=True))
+    eval_ds = EncodedDataset(encode(RECORDS[:3], tok, causal=True))  # batches of 2 and 1
+    trainer = NTLTrainer(
+        model=model,
+        args=_args(tmp_path, per_device_train_batch_size=2, per_device_eval_batch_size=2),
+        train_dataset=ds, eval_dataset=eval_ds, data_collator=Collator(tok.pad_token_id),
+        ntl_loss=CrossEntropyWithNTL(_vocab(tok, model), ntl="was", lam=0.3),
+    )
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_ce", "eval_ntl"} <= set(metrics) and metrics["eval_ntl"] > 0
+    assert metrics["eval_loss"] == pytest.approx(metrics["eval_ce"] + 0.3 * metrics["eval_ntl"], rel=1e-5)
+    assert trainer.state.log_history[-1]["eval_ntl"] == metrics["eval_ntl"]

@@ -1,7 +1,8 @@
 """Integrations of the Number Token Loss with training frameworks.
 
 - :mod:`ntl.integrations.hf`: Hugging Face ``transformers.Trainer`` (``NTLTrainer``,
-  ``make_compute_loss_func``), for seq2seq and causal LMs.
+  ``make_compute_loss_func``), for seq2seq and causal LMs;
+- :mod:`ntl.integrations.trl`: TRL's ``SFTTrainer`` (``NTLSFTTrainer``).
 
 Submodules import their framework lazily; ``import ntl.integrations`` needs torch only.
 """
