@@ -247,6 +247,7 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "NTLTrainer(" in b]
     assert blocks, "no NTLTrainer example in README.md"
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "tokenizer").symlink_to(TOKENIZERS / "llama2")  # "./tokenizer": a local folder
     namespace: dict = {}
     exec(compile(blocks[0], "README_hf_example", "exec"), namespace)
     trainer = namespace["trainer"]

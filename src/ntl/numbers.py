@@ -362,8 +362,8 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
             return _load_tokenizer_file(transformers, path)
         if not any((path / name).exists() for name in _TOKENIZER_FILES) and not any(path.glob("*.model")):
             raise TokenizerLoadError(
-                f"{text!r} holds no tokenizer: expected a tokenizer folder with one of "
-                f"{', '.join(_TOKENIZER_FILES)} or a SentencePiece .model"
+                f"{text!r} holds no tokenizer: expected a tokenizer.json, vocab.json, vocab.txt or "
+                "SentencePiece .model in it (a folder written by tokenizer.save_pretrained)"
             )
         if (path / "vocab.txt").exists() and not (path / "tokenizer.json").exists() and not (
             path / "tokenizer_config.json"
