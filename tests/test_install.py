@@ -130,6 +130,9 @@ except ImportError as err:
     cli = _run(venv, [str(bin_dir / "ntl"), "vocab", "--tokenizer", "./tokenizer"], core)
     assert cli.returncode == 2 and len(cli.stderr.strip().splitlines()) == 1, cli.stderr
     assert "number-token-loss[hf]" in cli.stderr and "Traceback" not in cli.stderr
+    bench = _run(venv, [str(bin_dir / "ntl"), "bench", "--quick"], core)
+    assert bench.returncode == 2 and len(bench.stderr.strip().splitlines()) == 1, bench.stderr
+    assert "number-token-loss[lab]" in bench.stderr
     page = _run(venv, [str(bin_dir / "ntl"), "explore", "--out", "page.html"], core)
     assert page.returncode == 0, page.stderr
     assert "const NTL" in (outside / "page.html").read_text(encoding="utf-8")

@@ -304,7 +304,7 @@ class NTLTrainer(Trainer):
         self._num_number_items: torch.Tensor | None = None
         self._current_number_items: torch.Tensor | None = None
         self._ntl_last_logged_step: int | None = None
-        self._ntl_eval_parts: list[torch.Tensor] | None = None  # (ce, ntl) per batch, in evaluation
+        self._ntl_eval_parts: list[torch.Tensor] | None = None  # (ce·rows, ntl·rows, rows) per eval batch
 
     # -- counting -----------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
