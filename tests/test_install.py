@@ -74,19 +74,20 @@ def venv(tmp_path_factory):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # see only what we install
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
          "-q", "-w", str(root / "dist"), str(src)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=clean,
     )
     assert build.returncode == 0, build.stderr
     wheel = next((root / "dist").glob("number_token_loss-*.whl"))
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True, env=clean)
     python = root / "venv" / "bin" / "python"
     install = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
-         "-q", str(wheel)],
-        capture_output=True, text=True,
+         "--ignore-installed", "-q", str(wheel)],
+        capture_output=True, text=True, env=clean,
     )
     assert install.returncode == 0, install.stderr
     core = _link_dir(root / "torch-only", ["torch", "numpy"])
