@@ -87,3 +87,8 @@ def test_the_real_process_exits_2_with_one_line():
     out = subprocess.run([sys.executable, "-m", "ntl.cli", "vocab", "--tokenizer", "/nonexistent/tok"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_bench_bad_shape(capsys):
+    line = _one_line_error(capsys, ["bench", "--quick", "--no-progress", "--shapes", "huge"])
+    assert "'huge'" in line and "B,T,V" in line

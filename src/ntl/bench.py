@@ -142,7 +142,9 @@ def _parse_shape(text: str, quick: bool) -> Shape:
     try:
         b, t, v = (int(x) for x in text.replace("x", ",").split(","))
     except ValueError:
-        raise SystemExit(f"ntl bench: --shapes entry {text!r} is neither a name in "
+        from ntl.errors import UsageError
+
+        raise UsageError(f"--shapes entry {text!r} is neither a name in "
                          f"{sorted(SHAPES)} nor B,T,V") from None
     return Shape(text, b, t, v, None, "digits")
 
