@@ -21,6 +21,7 @@ from ntl.integrations.hf import (
 )
 from ntl.models import build_model, model_vocab_size
 from ntl.numbers import load_tokenizer, split_digits
+from tests.conftest import TOKENIZERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def tok():
-    base = split_digits(load_tokenizer("t5-small"))
+    base = split_digits(load_tokenizer(TOKENIZERS / "t5-small"))
     return restrict_tokenizer(base, [r[k] for r in RECORDS for k in ("question", "answer")])
 
 
@@ -246,8 +247,25 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "NTLTrainer(" in b]
     assert blocks, "no NTLTrainer example in README.md"
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "tokenizer").symlink_to(TOKENIZERS / "llama2")  # "./tokenizer": a local folder
     namespace: dict = {}
     exec(compile(blocks[0], "README_hf_example", "exec"), namespace)
     trainer = namespace["trainer"]
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert logs and {"ce", "ntl"} <= set(logs[-1])
+
+
+def test_ntl_trainer_logs_eval_ce_and_ntl(tmp_path, tok):
+    model = build_model("llama-micro", model_vocab_size(tok), tokenizer=tok, seed=0)
+    ds = EncodedDataset(encode(RECORDS, tok, causal=True))
+    eval_ds = EncodedDataset(encode(RECORDS[:3], tok, causal=True))  # batches of 2 and 1
+    trainer = NTLTrainer(
+        model=model,
+        args=_args(tmp_path, per_device_train_batch_size=2, per_device_eval_batch_size=2),
+        train_dataset=ds, eval_dataset=eval_ds, data_collator=Collator(tok.pad_token_id),
+        ntl_loss=CrossEntropyWithNTL(_vocab(tok, model), ntl="was", lam=0.3),
+    )
+    metrics = trainer.evaluate()
+    assert {"eval_loss", "eval_ce", "eval_ntl"} <= set(metrics) and metrics["eval_ntl"] > 0
+    assert metrics["eval_loss"] == pytest.approx(metrics["eval_ce"] + 0.3 * metrics["eval_ntl"], rel=1e-5)
+    assert trainer.state.log_history[-1]["eval_ntl"] == metrics["eval_ntl"]

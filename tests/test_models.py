@@ -23,6 +23,7 @@ from ntl.models import (
     model_vocab_size,
 )
 from ntl.numbers import load_tokenizer, split_digits
+from tests.conftest import TOKENIZERS
 
 RECORDS = [
     {"module": "m", "question": "What is -12.5 + 3?", "answer": "-9.5"},
@@ -33,7 +34,7 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def t5_tok():
-    return split_digits(load_tokenizer("t5-small"))
+    return split_digits(load_tokenizer(TOKENIZERS / "t5-small"))
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_restrict_tokenizer_keeps_segmentation(t5_tok, small_tok):
 
 def test_restrict_tokenizer_rejects_bpe():
     with pytest.raises(TypeError, match="Unigram"):
-        restrict_tokenizer(load_tokenizer("gpt2"), ["12"])
+        restrict_tokenizer(load_tokenizer(TOKENIZERS / "gpt2"), ["12"])
 
 
 def test_encode_seq2seq_and_causal(small_tok):

@@ -11,6 +11,7 @@ import torch
 
 from ntl import NumberVocab
 from ntl.numbers import number_value, split_digits, strip_marker
+from tests.conftest import TOKENIZERS
 
 # (folder, digits-mode count, numbers-mode count, sampled {token: value} in numbers mode)
 EXPECTED = [
@@ -140,7 +141,7 @@ def _ntl(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_vocab_command(tmp_path):
-    out = _ntl("vocab", "--tokenizer", "llama3", "--mode", "numbers")
+    out = _ntl("vocab", "--tokenizer", str(TOKENIZERS / "llama3"), "--mode", "numbers")
     assert out.returncode == 0, out.stderr
     assert "number tokens  1110" in out.stdout and "0 .. 999" in out.stdout
     assert "coverage       100.0%" in out.stdout
@@ -154,7 +155,7 @@ def test_vocab_command_without_number_tokens(tmp_path):
     path = tmp_path / "tokenizer.json"
     tok.save(str(path))
     out = _ntl("vocab", "--tokenizer", str(path))
-    assert out.returncode == 1
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "no number tokens" in out.stderr and "split_digits" in out.stderr and "numbers" in out.stderr
 
 
@@ -175,3 +176,100 @@ def test_split_digits_survives_save_and_reload(load_tok, tmp_path):
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert reloaded.tokenize("12345") == ["▁", "1", "2", "3", "4", "5"]
     assert reloaded.pad_token == "<pad>" and reloaded.eos_token == "</s>"
+
+
+# ---------------------------------------------------------------------- loading and warnings
+def test_load_tokenizer_takes_paths_files_and_objects(tmp_path):
+    from tokenizers import Tokenizer
+
+    from ntl.numbers import load_tokenizer
+
+    folder = load_tokenizer(TOKENIZERS / "llama2")
+    file = load_tokenizer(str(TOKENIZERS / "llama2" / "tokenizer.json"))
+    assert folder.tokenize("2048") == file.tokenize("2048")
+    raw = Tokenizer.from_file(str(TOKENIZERS / "llama2" / "tokenizer.json"))
+    mapping = folder.get_vocab()
+    sizes = {NumberVocab.from_tokenizer(t).num_number_tokens for t in (folder, raw, mapping)}
+    assert sizes == {10}
+    assert NumberVocab.from_tokenizer(TOKENIZERS / "llama2").num_number_tokens == 10
+
+
+@pytest.mark.parametrize("spec, expect", [
+    ("/nonexistent/tok", "no such file or folder"),
+    ("surely-not-cached/xyz", "not a hub name in the local Hugging Face cache"),
+    ("/etc/hostname", "is not a tokenizer file"),
+])
+def test_load_tokenizer_errors_are_one_line(spec, expect):
+    from ntl.numbers import TokenizerLoadError, TokenizerNotFound, load_tokenizer
+
+    with pytest.raises((TokenizerNotFound, TokenizerLoadError)) as err:
+        load_tokenizer(spec)
+    assert expect in str(err.value) and "\n" not in str(err.value)
+
+
+def test_names_do_not_resolve_to_the_test_fixtures(monkeypatch):
+    """The library finds no tokenizer by a bare fixture name, wherever it runs."""
+    from ntl.numbers import TokenizerNotFound, load_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    with pytest.raises(TokenizerNotFound):
+        load_tokenizer("llama2")
+
+
+def test_lab_resolves_profile_names_in_one_place(monkeypatch, tmp_path):
+    from ntl import lab_tokenizers
+
+    monkeypatch.setenv(lab_tokenizers.ENV_VAR, str(TOKENIZERS))
+    assert lab_tokenizers.resolve("t5-small") == str(TOKENIZERS / "t5-small")
+    assert lab_tokenizers.load("t5-small").tokenize("7")[-1].endswith("7")
+    assert lab_tokenizers.resolve(str(tmp_path)) == str(tmp_path)  # a path stays a path
+
+
+def test_digits_mode_warns_once_when_multi_digit_tokens_hide_digits(load_tok):
+    import warnings
+
+    from ntl.numbers import NumberCoverageWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            NumberVocab.from_tokenizer(load_tok("llama3"), mode="digits")
+    hits = [w for w in caught if issubclass(w.category, NumberCoverageWarning)]
+    assert len(hits) == 1
+    text = str(hits[0].message)
+    assert "mode='numbers'" in text and "split_digits" in text and "'204'" in text
+    with warnings.catch_warnings():  # full coverage: silent
+        warnings.simplefilter("error", NumberCoverageWarning)
+        NumberVocab.from_tokenizer(load_tok("llama2"), mode="digits")
+        NumberVocab.from_tokenizer(load_tok("llama3"), mode="numbers")
+        NumberVocab.from_tokenizer(split_digits(load_tok("llama3")), mode="digits")
+
+
+def test_unknown_loss_options_fail_at_construction():
+    from ntl import CrossEntropyWithNTL, NumberTokenLoss
+
+    vocab = NumberVocab.from_vocab({str(i): i for i in range(10)} | {"a": 10})
+    with pytest.raises(TypeError, match="'foo'.*reweigh"):
+        CrossEntropyWithNTL(vocab, foo=1)
+    with pytest.raises(TypeError, match="squash_factor"):
+        NumberTokenLoss(vocab, "mse", squash_factor=2.0)
+    CrossEntropyWithNTL(vocab, ntl="huber", huber_delta=0.5, reweigh=True)  # known options pass
+
+
+def test_vocab_size_hint_is_correct():
+    """A model with fewer logits than the tokenizer has ids: the hint must not suggest a size that
+    NumberVocab then rejects."""
+    from ntl import CrossEntropyWithNTL
+
+    mapping = {str(i): i for i in range(10)} | {f"w{i}": i for i in range(10, 32000)}
+    loss = CrossEntropyWithNTL(NumberVocab.from_vocab(mapping))
+    with pytest.raises(ValueError) as err:
+        loss(torch.randn(4, 31000), torch.tensor([1, 2, 3, 4]))
+    assert "resize_token_embeddings" in str(err.value)
+    with pytest.raises(ValueError, match="smaller than the tokenizer"):
+        NumberVocab.from_vocab(mapping, vocab_size=31000)
+    with pytest.raises(ValueError, match="vocab_size=32064"):
+        loss(torch.randn(4, 32064), torch.tensor([1, 2, 3, 4]))
+    ok = CrossEntropyWithNTL(NumberVocab.from_vocab(mapping, vocab_size=32064))
+    assert torch.isfinite(ok(torch.randn(4, 32064), torch.tensor([1, 2, 3, 4])).total)

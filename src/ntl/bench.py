@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -154,7 +155,9 @@ def _parse_shape(text: str, quick: bool) -> Shape:
     try:
         b, t, v = (int(x) for x in text.replace("x", ",").split(","))
     except ValueError:
-        raise SystemExit(f"ntl bench: --shapes entry {text!r} is neither a name in "
+        from ntl.errors import UsageError
+
+        raise UsageError(f"--shapes entry {text!r} is neither a name in "
                          f"{sorted(SHAPES)} nor B,T,V") from None
     return Shape(text, b, t, v, None, "digits")
 
@@ -281,10 +284,9 @@ def _synthetic_tokenizer(vocab_size: int):
 
 
 def _tokenizer_and_vocab(shape: Shape):
-    from ntl import NumberVocab
-    from ntl.numbers import load_tokenizer
+    from ntl import NumberVocab, lab_tokenizers
 
-    tok = _synthetic_tokenizer(shape.vocab) if shape.tokenizer is None else load_tokenizer(
+    tok = _synthetic_tokenizer(shape.vocab) if shape.tokenizer is None else lab_tokenizers.load(
         shape.tokenizer)
     vocab = NumberVocab.from_tokenizer(tok, mode=shape.mode, vocab_size=shape.vocab)
     return tok, vocab.require_numbers()
@@ -526,9 +528,10 @@ def run_train_step(config: dict[str, Any]) -> dict[str, Any]:
         tok = _synthetic_tokenizer(1000)
         vocab_size, batch, seq, spec = 1000, 4, 8, "t5-micro"
     else:
-        from ntl.numbers import load_tokenizer, split_digits
+        from ntl import lab_tokenizers
+        from ntl.numbers import split_digits
 
-        tok = split_digits(load_tokenizer("t5-small"))
+        tok = split_digits(lab_tokenizers.load("t5-small"))
         vocab_size, batch, seq, spec = 32100, 64, 32, "t5-tiny"
     vocab = NumberVocab.from_tokenizer(tok, mode="digits", vocab_size=vocab_size)
     model = _build_t5(spec, vocab_size).to(device)
@@ -847,8 +850,12 @@ def run(args: argparse.Namespace) -> int:
     fractions = [0.3] if quick and args.fractions == [0.01, 0.3] else args.fractions
     repeats = min(args.repeats, 2) if quick else args.repeats
     hidden_dim = min(args.hidden_dim, 16) if quick else args.hidden_dim
+    use_ntloss = not args.no_ntloss and importlib.util.find_spec("ntloss") is not None
+    if not args.no_ntloss and not use_ntloss:
+        print("ntl bench: the ntloss package is not installed; its cases are skipped "
+              "(pip install ntloss to compare, or pass --no-ntloss)", file=sys.stderr)
     common = {"device": args.device, "repeats": repeats, "warmup": args.warmup,
-              "threads": args.threads, "ntloss": not args.no_ntloss, "hidden_dim": hidden_dim}
+              "threads": args.threads, "ntloss": use_ntloss, "hidden_dim": hidden_dim}
     configs = [dict(common, shape=asdict(s), dtype=dt, fraction=f,
                     hidden_dim=hidden_dim if f == max(fractions) else 0)
                for s in shapes for dt in dtypes for f in fractions]

@@ -2,8 +2,9 @@
 
 `NumberVocab` maps every token id of a tokenizer to its numeric value (NaN for non-numbers),
 its digit count, and keeps the sorted ids of the number tokens. It is built from a Hugging Face
-tokenizer, a `tokenizers.Tokenizer`, a SentencePiece model or a plain ``{token: id}`` mapping and
-never mutates the tokenizer. Tokenizer libraries are imported lazily: ``import ntl`` needs torch only.
+tokenizer, a `tokenizers.Tokenizer`, a SentencePiece model, a plain ``{token: id}`` mapping, or a
+tokenizer folder / cached hub name (`load_tokenizer`), and never mutates the tokenizer.
+Tokenizer libraries are imported lazily: ``import ntl`` needs torch only.
 
 Rules (see `number_value`):
 - the tokenizer's space/continuation markers are stripped first: ``▁`` (SentencePiece),
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,28 @@ _SPACE_MARKERS = "\u2581\u0120 "
 _WORDPIECE_CONTINUATION = "##"
 _DIGIT = re.compile(r"[0-9]")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-# The repo's sibling folder ../shared/tokenizers (override with $NTL_TOKENIZERS).
-SHARED_TOKENIZERS = Path(
-    os.environ.get("NTL_TOKENIZERS", Path(__file__).resolve().parents[2].parent / "shared" / "tokenizers")
-)
+# Numbers of several lengths, tokenized to see whether digits mode sees every digit.
+COVERAGE_PROBE = "0 7 12 345 2048 13023.5 65536 1000000"
+
+
+class NumberCoverageWarning(UserWarning):
+    """The tokenizer writes some digits inside multi-digit tokens that the loss cannot see."""
+
+
+def vocab_size_hint(logits_size: int, vocab_size: int) -> str:
+    """Why ``logits_size`` classes do not fit a NumberVocab of ``vocab_size``, and the fix."""
+    if logits_size > vocab_size:
+        return (
+            f"logits have {logits_size} classes but the NumberVocab has vocab_size={vocab_size}: "
+            f"build it with NumberVocab.from_tokenizer(tokenizer, vocab_size={logits_size}) "
+            "(= model.config.vocab_size; padded embeddings are fine)."
+        )
+    return (
+        f"logits have {logits_size} classes but the NumberVocab has vocab_size={vocab_size}: "
+        f"if the tokenizer has at most {logits_size} ids, build the vocab with "
+        f"vocab_size={logits_size}; if it has more, the model cannot predict all its tokens "
+        "(a different tokenizer, or call model.resize_token_embeddings(len(tokenizer)))."
+    )
 
 
 def strip_marker(token: str) -> str:
@@ -129,6 +148,7 @@ class NumberVocab:
         self.mode = mode
         self.vocab_size = int(vocab_size)
         self._tokenizer = tokenizer  # kept only to tokenize text for `coverage`; never modified
+        self._mapping = dict(token_to_id)
 
         values = torch.full((self.vocab_size,), float("nan"), dtype=torch.float32)
         digit_counts = torch.zeros(self.vocab_size, dtype=torch.int64)
@@ -168,17 +188,45 @@ class NumberVocab:
         cls, tokenizer: Any, mode: str = "digits", vocab_size: int | None = None
     ) -> NumberVocab:
         """From a Hugging Face tokenizer, a `tokenizers.Tokenizer`, a SentencePiece processor,
-        a path to a tokenizer folder / ``tokenizer.json`` / ``.model`` file, or a mapping."""
+        a ``{token: id}`` mapping, or anything `load_tokenizer` takes (a tokenizer folder or file,
+        a hub name already in the local Hugging Face cache).
+
+        In ``digits`` mode, warns (`NumberCoverageWarning`) when the tokenizer writes digits
+        inside multi-digit tokens (Llama-3: ``2048`` -> ``204``, ``8``), which the loss would miss.
+        """
         if isinstance(tokenizer, (str, Path)):
             tokenizer = load_tokenizer(tokenizer)
-        return cls(_token_to_id(tokenizer), mode=mode, vocab_size=vocab_size, tokenizer=tokenizer)
+        vocab = cls(_token_to_id(tokenizer), mode=mode, vocab_size=vocab_size,
+                    tokenizer=None if isinstance(tokenizer, Mapping) else tokenizer)
+        if mode == "digits":
+            vocab._warn_if_digits_missed()
+        return vocab
+
+    def _warn_if_digits_missed(self) -> None:
+        """Warn when digits mode misses digits this tokenizer writes (see `from_tokenizer`)."""
+        if self._tokenizer is not None:
+            coverage = self.coverage([COVERAGE_PROBE])
+            if not coverage < 1:
+                return
+            sample = tokenize_pieces(self._tokenizer, "2048")
+            what = f"{coverage:.0%} of the digits in {COVERAGE_PROBE!r} ('2048' -> {sample})"
+        else:  # a bare mapping: judge by the vocabulary alone
+            multi = [t for t in self._mapping if len(_DIGIT.findall(strip_marker(t))) > 1
+                     and number_value(t, "numbers") is not None]
+            if not multi:
+                return
+            what = f"none of the digits inside its {len(multi)} multi-digit tokens ({multi[:3]} ...)"
+        warnings.warn(
+            f"mode='digits' sees only {what}: the Number Token Loss skips digits inside "
+            "multi-digit tokens. Use mode='numbers', or make every digit a token with "
+            "ntl.numbers.split_digits(tokenizer).",
+            NumberCoverageWarning,
+            stacklevel=3,
+        )
 
     def with_vocab_size(self, vocab_size: int) -> NumberVocab:
         """The same vocabulary padded to the model's output size ``vocab_size``."""
-        token_to_id = _token_to_id(self._tokenizer) if self._tokenizer is not None else None
-        if token_to_id is None:
-            raise ValueError("with_vocab_size needs a vocab built from a tokenizer.")
-        return NumberVocab(token_to_id, self.mode, vocab_size, tokenizer=self._tokenizer)
+        return NumberVocab(self._mapping, self.mode, vocab_size, tokenizer=self._tokenizer)
 
     def restricted(self, token_ids: Iterable[int]) -> NumberVocab:
         """A copy whose number tokens are only those among ``token_ids`` (e.g. the tokens that
@@ -292,31 +340,89 @@ def tokenize_pieces(tokenizer: Any, text: str) -> list[str]:
     return list(tokenizer.encode(text, add_special_tokens=False).tokens)  # tokenizers.Tokenizer
 
 
+class TokenizerNotFound(FileNotFoundError):
+    """`load_tokenizer` found no tokenizer under the given name or path."""
+
+
+class TokenizerLoadError(ValueError):
+    """A path exists but holds no tokenizer `load_tokenizer` can read."""
+
+
+# Files one of which every tokenizer folder holds.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
 def load_tokenizer(name_or_path: str | Path) -> Any:
-    """Load a tokenizer from disk as a Hugging Face fast tokenizer; never touches a hub.
+    """Load a tokenizer as a Hugging Face tokenizer, without ever downloading anything.
 
-    ``name_or_path`` is a folder name under ``../shared/tokenizers`` (``"t5-small"``), a folder, a
-    ``tokenizer.json`` file, a SentencePiece ``.model`` file or a WordPiece ``vocab.txt``.
+    ``name_or_path`` is whatever ``transformers.AutoTokenizer.from_pretrained`` accepts — a
+    tokenizer folder, or a hub name such as ``"gpt2"`` that is already in the local Hugging Face
+    cache — or a single file: a ``tokenizer.json``, a SentencePiece ``.model`` or a WordPiece
+    ``vocab.txt``. Raises `TokenizerNotFound` or `TokenizerLoadError` with a one-line message;
+    `ntl._optional.MissingDependency` when ``transformers`` is not installed (extra ``[hf]``).
     """
-    import transformers
+    from ntl._optional import require
 
-    path = Path(name_or_path)
-    if not path.exists() and (SHARED_TOKENIZERS / str(name_or_path)).exists():
-        path = SHARED_TOKENIZERS / str(name_or_path)
+    transformers = require("transformers", "loading a tokenizer")
+    text = str(name_or_path)
+    path = Path(name_or_path).expanduser()
     if not path.exists():
-        known = sorted(p.name for p in SHARED_TOKENIZERS.iterdir()) if SHARED_TOKENIZERS.exists() else []
-        raise FileNotFoundError(
-            f"No tokenizer at {str(name_or_path)!r}: give a folder, a tokenizer.json, a .model or "
-            f"a vocab.txt file, or one of the shared tokenizers {known}."
+        if isinstance(name_or_path, Path) or text.startswith((".", "/", "~")) or text.count("/") > 1:
+            raise TokenizerNotFound(
+                f"no tokenizer at {text!r}: no such file or folder; give a tokenizer folder, a "
+                "tokenizer.json, a SentencePiece .model or a WordPiece vocab.txt"
+            )
+        try:  # a hub name, from the local cache only
+            return transformers.AutoTokenizer.from_pretrained(text, local_files_only=True)
+        except Exception as err:  # noqa: BLE001 - OSError, HFValidationError, ...
+            raise TokenizerNotFound(
+                f"no tokenizer {text!r}: not a file or folder, and not a hub name in the local "
+                "Hugging Face cache (ntl never downloads); give a tokenizer folder or file, or "
+                f"cache it first (transformers.AutoTokenizer.from_pretrained({text!r}) online)"
+            ) from err
+    try:
+        if path.is_file():
+            return _load_tokenizer_file(transformers, path)
+        if not any((path / name).exists() for name in _TOKENIZER_FILES) and not any(path.glob("*.model")):
+            raise TokenizerLoadError(
+                f"{text!r} holds no tokenizer: expected a tokenizer.json, vocab.json, vocab.txt or "
+                "SentencePiece .model in it (a folder written by tokenizer.save_pretrained)"
+            )
+        if (path / "vocab.txt").exists() and not (path / "tokenizer.json").exists() and not (
+            path / "tokenizer_config.json"
+        ).exists():
+            return transformers.BertTokenizer(vocab=str(path / "vocab.txt"))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except TokenizerLoadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the tokenizer libraries raise many kinds
+        raise TokenizerLoadError(f"cannot read a tokenizer from {text!r}: {_first_line(err)}") from err
+    specials = set(getattr(tokenizer, "all_special_tokens", ()))
+    if len(set(tokenizer.get_vocab()) - specials) <= 1:  # transformers builds a blank one from a config
+        raise TokenizerLoadError(
+            f"{text!r} has a tokenizer config but no vocabulary: expected a tokenizer.json, "
+            "vocab.json, vocab.txt or a SentencePiece .model next to it"
         )
-    if path.is_file() and path.suffix == ".json":
+    return tokenizer
+
+
+def _load_tokenizer_file(transformers: Any, path: Path) -> Any:
+    if path.suffix == ".json":
         return transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
-    if path.is_file() and path.suffix == ".model":
+    if path.suffix == ".model":
         return transformers.LlamaTokenizer(vocab_file=str(path))
-    vocab_txt = path if path.is_file() else path / "vocab.txt"
-    if vocab_txt.name == "vocab.txt" and vocab_txt.exists() and not (path / "tokenizer.json").exists():
-        return transformers.BertTokenizer(vocab=str(vocab_txt))
-    return transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if path.name.endswith(".txt"):
+        return transformers.BertTokenizer(vocab=str(path))
+    raise TokenizerLoadError(
+        f"{str(path)!r} is not a tokenizer file: expected a tokenizer.json, a SentencePiece .model, "
+        "a WordPiece vocab.txt, or a folder holding one"
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def as_generic_fast(tokenizer: Any) -> Any:
@@ -326,9 +432,10 @@ def as_generic_fast(tokenizer: Any) -> Any:
     with ``AutoTokenizer``, so a customised pre-tokenizer (the digit split) would be silently
     dropped by ``save_pretrained`` + ``from_pretrained``; the generic class keeps it.
     """
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
+    from ntl._optional import require
 
+    Tokenizer = require("tokenizers", "as_generic_fast").Tokenizer
+    PreTrainedTokenizerFast = require("transformers", "as_generic_fast").PreTrainedTokenizerFast
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     specials = {
         name: getattr(tokenizer, name)
@@ -351,8 +458,10 @@ def split_digits(tokenizer: Any) -> Any:
     the split survives ``save_pretrained``/``AutoTokenizer``) and `tokenizers.Tokenizer`; the input
     tokenizer is not modified.
     """
-    from tokenizers import Tokenizer, pre_tokenizers
+    from ntl._optional import require
 
+    tokenizers = require("tokenizers", "split_digits")
+    Tokenizer, pre_tokenizers = tokenizers.Tokenizer, tokenizers.pre_tokenizers
     clone = copy.deepcopy(tokenizer)
     backend = clone if isinstance(clone, Tokenizer) else getattr(clone, "backend_tokenizer", None)
     if backend is None:

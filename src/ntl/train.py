@@ -160,7 +160,8 @@ def prepare_tokenizer(
     otherwise the new one is saved there (with ``ntl_tokenizer.json`` describing the recipe).
     A ``profile.tokenizer`` that is a folder with ``ntl_tokenizer.json`` is used as it is.
     """
-    from ntl.numbers import as_generic_fast, load_tokenizer, split_digits
+    from ntl import lab_tokenizers
+    from ntl.numbers import as_generic_fast, split_digits
 
     given = Path(profile.tokenizer)
     if (given / TOKENIZER_RECIPE).is_file():
@@ -175,7 +176,7 @@ def prepare_tokenizer(
         stored = json.loads((Path(save_dir) / TOKENIZER_RECIPE).read_text())
         if stored.get("recipe") == recipe:
             return load_prepared_tokenizer(save_dir)
-    tok = load_tokenizer(profile.tokenizer)
+    tok = lab_tokenizers.load(profile.tokenizer)
     if profile.split_digits:
         tok = split_digits(tok)
     tok = as_generic_fast(tok)

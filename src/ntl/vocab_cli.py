@@ -1,23 +1,30 @@
 """Show which tokens of a tokenizer the Number Token Loss sees, their values, and the coverage.
 
+A tokenizer is a tokenizer folder, a tokenizer.json, a SentencePiece .model, a WordPiece
+vocab.txt, or a Hugging Face hub name already in your local cache (nothing is downloaded).
+
 Examples:
-  ntl vocab --tokenizer t5-small --mode digits --split-digits --text "12345 + 678"
-  ntl vocab --table          # every tokenizer in ../shared/tokenizers, as a markdown table
+  ntl vocab --tokenizer ./my-tokenizer --mode digits --split-digits --text "12345 + 678"
+  ntl vocab --table --tokenizer tokenizers/*     # one markdown row per tokenizer
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ntl.errors import UsageError
 
 DEFAULT_TEXT = "12345 + 678 = 13023.5; -0.25 * 4 = -1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--tokenizer",
-        help="a folder under ../shared/tokenizers (e.g. t5-small, llama3), a tokenizer folder, "
-        "a tokenizer.json, a SentencePiece .model or a WordPiece vocab.txt",
+        "--tokenizer", action="extend", nargs="+", default=None, metavar="TOKENIZER",
+        help="a tokenizer folder, a tokenizer.json, a SentencePiece .model, a WordPiece vocab.txt, "
+        "or a hub name in the local Hugging Face cache (never downloaded); several with --table",
     )
     parser.add_argument(
         "--mode", choices=("digits", "numbers"), default="digits",
@@ -39,58 +46,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show", type=int, default=30, help="how many number tokens to list")
     parser.add_argument(
         "--table", action="store_true",
-        help="instead of one tokenizer, print a markdown table of every tokenizer under "
-        "../shared/tokenizers: number-token counts per mode and coverage of --text",
+        help="print one markdown row per --tokenizer: number-token counts per mode and coverage "
+        "of --text",
     )
 
 
-def tokenizer_table(texts: list[str]) -> str:
-    """Markdown table: each shared tokenizer's number tokens and coverage in both modes."""
-    from ntl.numbers import SHARED_TOKENIZERS, NumberVocab, load_tokenizer, split_digits
+def load(spec: str) -> Any:
+    """The tokenizer named by a ``--tokenizer`` value, or a `UsageError` that says why not."""
+    from ntl.numbers import TokenizerLoadError, TokenizerNotFound, load_tokenizer
+
+    try:
+        return load_tokenizer(spec)
+    except (TokenizerNotFound, TokenizerLoadError) as err:
+        raise UsageError(f"--tokenizer: {err}") from None
+
+
+def build_vocab(tokenizer: Any, mode: str, vocab_size: int | None) -> Any:
+    """The `NumberVocab`, with a bad ``--vocab-size`` or no number tokens as a `UsageError`."""
+    from ntl.numbers import NumberCoverageWarning, NumberVocab
+
+    if vocab_size is not None and vocab_size <= 0:
+        raise UsageError(f"--vocab-size {vocab_size}: must be a positive number of logits")
+    with warnings.catch_warnings():  # this command prints the coverage itself
+        warnings.simplefilter("ignore", NumberCoverageWarning)
+        try:
+            vocab = NumberVocab.from_tokenizer(tokenizer, mode=mode, vocab_size=vocab_size)
+        except ValueError as err:
+            raise UsageError(f"--vocab-size {vocab_size}: {err}") from None
+    try:
+        return vocab.require_numbers()
+    except ValueError as err:
+        raise UsageError(str(err).replace("mode=", "--mode ")) from None
+
+
+def tokenizer_table(specs: list[str], texts: list[str]) -> str:
+    """Markdown table: each tokenizer's number tokens and coverage in both modes."""
+    from ntl.numbers import NumberCoverageWarning, NumberVocab, split_digits
 
     rows = [
         "| tokenizer | vocab | digit tokens | coverage (digits) | number tokens | coverage (numbers) "
         "| coverage (split_digits + digits) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for folder in sorted(p for p in SHARED_TOKENIZERS.iterdir() if p.is_dir()):
-        tok = load_tokenizer(folder)
-        digits = NumberVocab.from_tokenizer(tok, mode="digits")
-        numbers = NumberVocab.from_tokenizer(tok, mode="numbers")
-        try:
-            split = f"{NumberVocab.from_tokenizer(split_digits(tok)).coverage(texts):.0%}"
-        except TypeError:  # a slow (python) tokenizer has no pre-tokenizer to extend
-            split = "n/a (slow tokenizer)"
-        rows.append(
-            f"| {folder.name} | {digits.vocab_size} | {digits.num_number_tokens} | "
-            f"{digits.coverage(texts):.0%} | {numbers.num_number_tokens} | "
-            f"{numbers.coverage(texts):.0%} | {split} |"
-        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NumberCoverageWarning)
+        for spec in specs:
+            tok = load(spec)
+            digits = NumberVocab.from_tokenizer(tok, mode="digits")
+            numbers = NumberVocab.from_tokenizer(tok, mode="numbers")
+            try:
+                split = f"{NumberVocab.from_tokenizer(split_digits(tok)).coverage(texts):.0%}"
+            except TypeError:  # a slow (python) tokenizer has no pre-tokenizer to extend
+                split = "n/a (slow tokenizer)"
+            rows.append(
+                f"| {Path(spec).name or spec} | {digits.vocab_size} | {digits.num_number_tokens} | "
+                f"{digits.coverage(texts):.0%} | {numbers.num_number_tokens} | "
+                f"{numbers.coverage(texts):.0%} | {split} |"
+            )
     return "\n".join(rows)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ntl.numbers import NumberVocab, load_tokenizer, split_digits, tokenize_pieces
+def describe(spec: str, args: argparse.Namespace, texts: list[str]) -> None:
+    """Print one tokenizer's number tokens, their values and the coverage of ``texts``."""
+    from ntl.numbers import split_digits, tokenize_pieces
 
-    texts = args.text or [DEFAULT_TEXT]
-    if args.table:
-        print(tokenizer_table(texts))
-        return 0
-    if args.tokenizer is None:
-        print("error: give --tokenizer PATH_OR_NAME (or --table for all shared tokenizers)",
-              file=sys.stderr)
-        return 2
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = load(spec)
     if args.split_digits:
-        tokenizer = split_digits(tokenizer)
-    vocab = NumberVocab.from_tokenizer(tokenizer, mode=args.mode, vocab_size=args.vocab_size)
-    try:
-        vocab.require_numbers()
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        try:
+            tokenizer = split_digits(tokenizer)
+        except TypeError:
+            raise UsageError(f"--split-digits: {spec} is a slow (Python) tokenizer without a "
+                             "pre-tokenizer to extend; use its tokenizer.json instead") from None
+    vocab = build_vocab(tokenizer, args.mode, args.vocab_size)
     values = sorted(set(vocab.number_values.tolist()))
-    print(f"tokenizer      {args.tokenizer} ({type(tokenizer).__name__}, {vocab.vocab_size} ids)")
+    print(f"tokenizer      {spec} ({type(tokenizer).__name__}, {vocab.vocab_size} ids)")
     print(f"mode           {args.mode}{' (digits split)' if args.split_digits else ''}")
     print(f"number tokens  {vocab.num_number_tokens} ({len(values)} distinct values, "
           f"{min(values):g} .. {max(values):g})")
@@ -104,4 +133,17 @@ def run(args: argparse.Namespace) -> int:
     if coverage < 1:
         print("hint           coverage < 100%: the loss misses some digits; try --split-digits "
               "or --mode numbers")
+
+
+def run(args: argparse.Namespace) -> int:
+    texts = args.text or [DEFAULT_TEXT]
+    if not args.tokenizer:
+        raise UsageError("give --tokenizer PATH_OR_NAME (a tokenizer folder, file or cached hub name)")
+    if args.table:
+        print(tokenizer_table(args.tokenizer, texts))
+        return 0
+    for i, spec in enumerate(args.tokenizer):
+        if i:
+            print()
+        describe(spec, args, texts)
     return 0

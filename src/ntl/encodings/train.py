@@ -62,9 +62,10 @@ def default_tokenizer(texts: Sequence[str], base: str = "t5-small", restrict: bo
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from ntl.numbers import load_tokenizer, split_digits
+    from ntl import lab_tokenizers
+    from ntl.numbers import split_digits
 
-    tok = split_digits(load_tokenizer(base))
+    tok = split_digits(lab_tokenizers.load(base))
     if restrict:
         from ntl.data.collate import restrict_tokenizer
 

@@ -1,7 +1,8 @@
 """Integrations of the Number Token Loss with training frameworks.
 
 - :mod:`ntl.integrations.hf`: Hugging Face ``transformers.Trainer`` (``NTLTrainer``,
-  ``make_compute_loss_func``), for seq2seq and causal LMs.
+  ``make_compute_loss_func``), for seq2seq and causal LMs;
+- :mod:`ntl.integrations.trl`: TRL's ``SFTTrainer`` (``NTLSFTTrainer``);
 - :mod:`ntl.integrations.logits_free`: a patch of a causal LM's forward (``apply_logits_free``)
   that computes CE + λ·NTL from the final hidden states, never building the logits.
 

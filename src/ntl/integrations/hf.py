@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ntl.losses.modules import CrossEntropyWithNTL, LossOutput
-from ntl.numbers import NumberVocab
+from ntl.numbers import NumberVocab, vocab_size_hint
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Trainer, TrainerCallback
@@ -114,9 +114,9 @@ class NTLLossFunc:
     the whole accumulated batch (what :class:`NTLTrainer` passes). When only the first is given,
     the NTL denominator is estimated from this micro-batch's share (see the module docstring).
 
-    The parts of the last training call (``last``) and their running sums since the last
-    :meth:`pop_means` are kept for logging. A call counts as training when the logits require
-    grad.
+    The parts of the last call (``last``) and the running sums of the training calls since the
+    last :meth:`pop_means` are kept for logging. A call counts as training when the logits
+    require grad.
     """
 
     def __init__(self, loss: CrossEntropyWithNTL, *, causal: bool) -> None:
@@ -169,10 +169,7 @@ class NTLLossFunc:
                 "expected logits (B, T, V) with labels (B, T)"
             )
         if logits.shape[-1] != self.loss.vocab_size:
-            raise ValueError(
-                f"logits have {logits.shape[-1]} classes but the NumberVocab has vocab_size="
-                f"{self.loss.vocab_size}; build it with vocab_size=model.config.vocab_size"
-            )
+            raise ValueError(vocab_size_hint(logits.shape[-1], self.loss.vocab_size))
         aligned = self.align(labels)
         if num_items_in_batch is not None and num_number_items is None:
             num_number_items = self._estimate_number_items(aligned, num_items_in_batch)
@@ -182,6 +179,7 @@ class NTLLossFunc:
             num_items_in_batch=num_items_in_batch,
             num_number_items=num_number_items,
         )
+        self.last = LossOutput(out.total.detach(), out.ce.detach(), out.ntl.detach())
         if logits.requires_grad:
             self.record(out)
         return out.total
@@ -286,7 +284,9 @@ class NTLTrainer(Trainer):
       process divides by its own counts, as the Trainer does for CE;
     - label-token counting follows ``causal`` (``labels[..., 1:]`` for causal LMs);
     - ``log`` adds ``ce`` and ``ntl``, averaged over the logging interval and the processes like
-      ``loss`` (so ``loss == ce + λ·ntl``).
+      ``loss`` (so ``loss == ce + λ·ntl``);
+    - evaluation adds ``eval_ce`` and ``eval_ntl``, averaged over batches and processes like
+      ``eval_loss`` (so ``eval_loss == eval_ce + λ·eval_ntl``).
 
     ``Seq2SeqTrainer`` users can mix it in: ``class T(NTLTrainer, Seq2SeqTrainer): pass``.
     """
@@ -301,7 +301,9 @@ class NTLTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         if Trainer is object:  # pragma: no cover
-            raise ImportError("NTLTrainer needs transformers: pip install transformers")
+            from ntl._optional import MissingDependency, missing_message
+
+            raise MissingDependency(missing_message("transformers", "NTLTrainer"))
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError("NTLTrainer computes the loss itself; do not pass compute_loss_func")
         super().__init__(*args, **kwargs)
@@ -320,6 +322,7 @@ class NTLTrainer(Trainer):
         self._num_number_items: torch.Tensor | None = None
         self._current_number_items: torch.Tensor | None = None
         self._ntl_last_logged_step: int | None = None
+        self._ntl_eval_parts: list[torch.Tensor] | None = None  # (ce·rows, ntl·rows, rows) per eval batch
         self.logits_free = bool(logits_free)
         if self.logits_free:
             self._setup_logits_free(logits_free_chunk_size)
@@ -416,12 +419,35 @@ class NTLTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _compute_loss_with_counts(self, outputs, labels, num_items_in_batch=None):
-        return self.ntl_loss_func(
+        loss = self.ntl_loss_func(
             outputs,
             labels,
             num_items_in_batch=num_items_in_batch,
             num_number_items=self._current_number_items if num_items_in_batch is not None else None,
         )
+        if self._ntl_eval_parts is not None and labels is not None:
+            last, rows = self.ntl_loss_func.last, float(labels.shape[0])
+            self._ntl_eval_parts.append(torch.stack([last.ce.float() * rows, last.ntl.float() * rows,
+                                                     torch.tensor(rows, device=last.ce.device)]))
+        return loss
+
+    def evaluation_loop(self, *args: Any, metric_key_prefix: str = "eval", **kwargs: Any):
+        """``Trainer.evaluation_loop`` plus ``<prefix>_ce`` and ``<prefix>_ntl``, averaged as
+        ``<prefix>_loss`` is: each example counts with the loss of its batch."""
+        self._ntl_eval_parts = []
+        try:
+            output = super().evaluation_loop(*args, metric_key_prefix=metric_key_prefix, **kwargs)
+            parts = self._ntl_eval_parts
+        finally:
+            self._ntl_eval_parts = None
+        if parts:
+            sums = torch.stack(parts).sum(0)
+            if self.args.world_size > 1:
+                sums = self.accelerator.gather(sums[None]).sum(0)
+            ce, ntl, rows = sums.tolist()
+            output.metrics[f"{metric_key_prefix}_ce"] = ce / rows
+            output.metrics[f"{metric_key_prefix}_ntl"] = ntl / rows
+        return output
 
     # -- logging ----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ntl.numbers import NumberTable, NumberVocab
+from ntl.numbers import NumberTable, NumberVocab, vocab_size_hint
 
 REDUCTIONS = ("mean", "sum", "none")
 REWEIGH_MARGIN = 1.01  # ntloss: missing number mass costs slightly more than the worst number token
@@ -88,11 +88,7 @@ def validate(
         )
     vocab_size = logits.shape[-1]
     if vocab_size != table.vocab_size:
-        raise ValueError(
-            f"logits' last dim is {vocab_size} but the NumberVocab has vocab_size="
-            f"{table.vocab_size}; build it with NumberVocab.from_tokenizer(tokenizer, "
-            f"vocab_size={vocab_size}) to match the model's output size."
-        )
+        raise ValueError(vocab_size_hint(vocab_size, table.vocab_size))
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r} is not supported; use one of {REDUCTIONS}.")
     if num_items_in_batch is not None and reduction == "none":
@@ -599,6 +595,7 @@ def _expectation_with(kind: str) -> Callable[..., torch.Tensor]:
         return expectation(logits, labels, vocab, loss=kind, **kwargs)
 
     loss_fn.__name__ = f"expectation_{kind}"
+    loss_fn.__wrapped__ = expectation  # inspect.signature shows expectation's options
     loss_fn.__doc__ = f"`expectation` with loss={kind!r}."
     return loss_fn
 

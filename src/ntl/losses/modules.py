@@ -6,6 +6,7 @@ in ``state_dict``. The math lives in `ntl.losses.functional`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, NamedTuple
 
 import torch
@@ -45,6 +46,22 @@ class _NumberTableModule(nn.Module):
         )
 
 
+# Arguments the modules set themselves; the rest of a loss function's keywords are its options.
+_NOT_OPTIONS = frozenset({"logits", "labels", "vocab", "loss", "ignore_index", "reduction",
+                          "num_items_in_batch"})
+
+
+def _check_options(loss: str, loss_fn: Any, options: dict[str, Any]) -> None:
+    """Raise TypeError at construction for an option ``loss_fn`` does not take."""
+    accepted = sorted(set(inspect.signature(loss_fn).parameters) - _NOT_OPTIONS)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"unexpected option(s) {', '.join(map(repr, unknown))} for the {loss!r} loss; "
+            f"it takes {', '.join(accepted)}."
+        )
+
+
 class NumberTokenLoss(_NumberTableModule):
     """NTL as a module: ``NumberTokenLoss(vocab, loss="was")(logits, labels)``.
 
@@ -72,6 +89,7 @@ class NumberTokenLoss(_NumberTableModule):
         super().__init__(vocab)
         self.loss_name = loss
         self.loss_fn = functional.get_loss(loss)
+        _check_options(loss, self.loss_fn, options)
         if reduction not in functional.REDUCTIONS:
             raise ValueError(f"reduction={reduction!r}; use one of {functional.REDUCTIONS}.")
         self.reduction = reduction

@@ -1,0 +1,69 @@
+"""Optional dependencies: which extra provides a module, and a one-line error when it is missing.
+
+The library itself needs torch and numpy only. Everything else belongs to an extra of the
+``number-token-loss`` distribution:
+
+- ``[hf]``: ``transformers`` + ``tokenizers`` (+ ``sentencepiece``): number vocabularies from
+  tokenizers, the ``Trainer`` glue;
+- ``[trl]``: ``trl`` for `ntl.integrations.trl`;
+- ``[lab]``: data generation, training, evaluation, reports and benchmarks.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+DISTRIBUTION = "number-token-loss"
+
+# Top-level module -> the extra that installs it.
+EXTRA_OF: dict[str, str] = {
+    "transformers": "hf",
+    "tokenizers": "hf",
+    "sentencepiece": "hf",
+    "google": "hf",  # protobuf, read by SentencePiece-based tokenizers
+    "trl": "trl",
+    "datasets": "trl",
+    "accelerate": "lab",
+    "safetensors": "lab",
+    "mathematics_dataset": "lab",
+    "sympy": "lab",
+    "matplotlib": "lab",
+    "tqdm": "lab",
+    "scipy": "lab",
+    "ntloss": "dev",
+}
+
+
+class MissingDependency(ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+def install_hint(module: str) -> str:
+    """``pip install 'number-token-loss[EXTRA]'`` for ``module``, or a plain pip line."""
+    extra = EXTRA_OF.get(module.split(".")[0])
+    return f"pip install '{DISTRIBUTION}[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
+
+
+def missing_message(module: str, feature: str) -> str:
+    """One line: what needs ``module``, and the command that installs it."""
+    return f"{feature} needs {module.split('.')[0]}, which is not installed: {install_hint(module)}"
+
+
+def require(module: str, feature: str) -> ModuleType:
+    """Import ``module`` or raise `MissingDependency` naming ``feature`` and the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        missing = err.name or module
+        if missing.split(".")[0] != module.split(".")[0]:
+            raise  # the module is there but one of *its* imports is broken: a real bug
+        raise MissingDependency(missing_message(module, feature)) from None
+
+
+def as_missing_dependency(err: ModuleNotFoundError, feature: str) -> MissingDependency | None:
+    """A `MissingDependency` for ``err`` when it is about an optional dependency, else None."""
+    name = (err.name or "").split(".")[0]
+    if name not in EXTRA_OF:
+        return None
+    return MissingDependency(missing_message(name, feature))
