@@ -105,7 +105,12 @@ def _train_and_eval(
     from ntl.progress import run_summary, write_status
 
     if not is_trained(arm_dir):
-        _log(f"train {key} ({profile.max_steps} steps)")
+        from ntl.encodings import is_encoding_arm
+        from ntl.train import parse_arm
+
+        trains = profile if is_encoding_arm(arm) else parse_arm(arm, profile.lam).apply(profile)
+        steps = trains.max_steps
+        _log(f"train {key} ({steps} steps)")
         t0 = time.time()
         callbacks = [_parent_watch(parent_pid)] if parent_pid is not None else []
         summary = train_arm(
