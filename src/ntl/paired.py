@@ -160,7 +160,7 @@ def plot_paired(regimes: Mapping[str, Mapping[str, Any]], splits: Sequence[str],
                     seeds = [d["value"] for d in cell["per_seed"].values()
                              if isinstance(d.get("value"), (int, float))]
                     ax.plot(seeds, [y] * len(seeds), "|", color=f"C{k}", ms=7, alpha=0.6)
-            ax.set_yticks(range(len(arms)), arms if c == 0 else [""] * len(arms))
+            ax.set_yticks(range(len(arms)), arms)  # shared y: only the first column shows them
             hint = " (<0: arm better)" if metric == "log_mae" else ""
             ax.set_title(f"{split}: {label}{hint}", fontsize=9)
             ax.grid(axis="x", alpha=0.3)
