@@ -360,8 +360,7 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
     ``--arms`` items may hold several arms separated by commas (the profile's list syntax, as
     in ``--set arms=a,b``). Raises ``KeyError``/``ValueError`` naming a bad field, value or arm.
     """
-    from ntl.encodings import is_encoding_arm
-    from ntl.train import parse_arm
+    from ntl.arms import resolve_arm
 
     values: dict[str, Any] = parse_sets(args.sets)
     if args.arms:
@@ -370,14 +369,13 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
         values["seeds"] = list(args.seeds)
     profile = resolve(get_profile(args.profile), values)
     for arm in profile.arms:
-        if is_encoding_arm(arm):
-            if profile.base_steps > 0:
-                raise ValueError(
-                    f"arm {arm!r} has its own model and cannot fine-tune the CE base of profile "
-                    f"{profile.name!r}; run it with a from-scratch profile (e.g. --profile small)"
-                )
-        else:
-            parse_arm(arm, profile.lam).apply(profile)  # fail early on a bad arm or variant
+        recipe = resolve_arm(arm, profile.lam)  # fail early on a bad arm or variant
+        if profile.base_steps > 0 and not recipe.fine_tunes_base:
+            raise ValueError(
+                f"arm {arm!r} has its own model and cannot fine-tune the CE base of profile "
+                f"{profile.name!r}; run it with a from-scratch profile (e.g. --profile small)"
+            )
+        recipe.apply(profile)
     return profile
 
 
