@@ -202,7 +202,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ntl eval``."""
-    metrics = evaluate_run(
+    from ntl.file_checks import CorruptFileError
+
+    try:
+        metrics = _evaluate_from_args(args)
+    except CorruptFileError as exc:
+        print(f"ntl eval: {exc}", file=sys.stderr)  # names the file and the fix
+        return 2
+    for split, m in metrics.items():
+        o = m["overall"]
+        print(
+            f"{split:12s} n={o['n']:5d}  exact_match={o['exact_match']['value']:.3f}  "
+            f"log_mae={o['log_mae']['value']:.3f}  invalid={o['invalid_rate']['value']:.3f}"
+        )
+    return 0
+
+
+def _evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return evaluate_run(
         args.run_dir,
         splits=args.splits,
         checkpoint=args.checkpoint,
@@ -214,10 +231,3 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         progress=not args.no_progress,
     )
-    for split, m in metrics.items():
-        o = m["overall"]
-        print(
-            f"{split:12s} n={o['n']:5d}  exact_match={o['exact_match']['value']:.3f}  "
-            f"log_mae={o['log_mae']['value']:.3f}  invalid={o['invalid_rate']['value']:.3f}"
-        )
-    return 0

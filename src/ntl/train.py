@@ -226,6 +226,8 @@ def train_arm(
         checkpoint = None
     if checkpoint is not None:
         checkpoint = check_resumable(out)
+    # the training records first: a corrupt data file stops the run before anything is written
+    records = module_slice(load_split(data_paths["train"]), *profile.train_slice)
     out.mkdir(parents=True, exist_ok=True)
     if profile.threads:
         torch.set_num_threads(int(profile.threads))
@@ -248,7 +250,6 @@ def train_arm(
     model = recipe.build_model(profile, tokenizer, seed, init_from)
 
     # data: a fixed, seed-determined order of examples, read sequentially
-    records = module_slice(load_split(data_paths["train"]), *profile.train_slice)
     features = recipe.features(records, tokenizer, profile, with_targets=True)
     if not features:
         raise ValueError(f"arm {arm!r}: no usable training records in {data_paths['train']}")
@@ -417,9 +418,21 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ntl train``."""
+    from ntl.file_checks import CorruptFileError
+
     profile = profile_from_args(args)
-    data_paths = resolve_data(profile, args.data_dir, args.data_root)
-    summary = train_arm(
+    try:
+        data_paths = resolve_data(profile, args.data_dir, args.data_root)
+        summary = _train_from_args(args, profile, data_paths)
+    except (CorruptFileError, FileExistsError) as exc:
+        print(f"ntl train: {exc}", file=sys.stderr)  # names the file and the fix
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train_from_args(args: argparse.Namespace, profile: Profile, data_paths: dict) -> dict[str, Any]:
+    return train_arm(
         profile,
         args.arm,
         args.seed,
@@ -430,8 +443,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         init_from=args.init_from,
     )
-    print(json.dumps(summary, indent=2))
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
