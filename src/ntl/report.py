@@ -1,7 +1,7 @@
 """Collect the metrics of a run into results.json, report.md and plots (curves.png, accuracy.png).
 
 Reads ``<run>/<arm>/seed<k>/eval/metrics.json`` and ``log_history.json`` (layout in
-notes/CONTRACTS.md) and writes into ``<run>/``:
+docs/architecture.md) and writes into ``<run>/``:
 
 * ``results.json``: every seed's metrics as evaluated, plus per-arm aggregates across seeds for
   every split, metric and module: the mean over seeds with a 95% CI. With two or more seeds the
@@ -534,7 +534,7 @@ def build_report(run_dir: Path, *, plots: bool = True) -> str:
     """Write results.json, report.md, curves.png and accuracy.png into ``run_dir``.
 
     Args:
-        run_dir: ``runs/<name>`` (layout in notes/CONTRACTS.md).
+        run_dir: ``runs/<name>`` (layout in docs/architecture.md).
         plots: write the PNG plots (matplotlib, Agg).
 
     Returns:
