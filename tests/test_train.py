@@ -142,7 +142,7 @@ def _kill_after_first_checkpoint(cmd: list[str], cwd: Path, out: Path) -> None:
 KILL_CASES = {  # arm, steps, whether it fine-tunes a CE base
     "from-scratch": ("ce+ntl-was", 150, False),
     "fine-tune": ("ce+ntl-was", 150, True),
-    "baseline-xval": ("xval", 60, False),
+    "baseline-xval": ("xval", 40, False),
 }
 
 
