@@ -196,15 +196,15 @@ def run_experiment(
     and shared bases are kept).
 
     Raises:
-        ValueError: ``runs_root/name`` holds an experiment run with a different profile (other
-            than the arm/seed selection); the message names the fields, ``--overwrite`` and
-            ``--name``. Nothing in the folder is touched.
+        ProfileMismatchError: ``runs_root/name`` holds an experiment run with a different
+            profile (other than the arm/seed selection); the message names the fields,
+            ``--overwrite`` and ``--name``. Nothing in the folder is touched.
         ntl.file_checks.CorruptFileError: its ``experiment.json`` is not readable.
     """
     import torch
 
     from ntl.data.mathematics import generate
-    from ntl.train import prepare_tokenizer
+    from ntl.tokenization import prepare_tokenizer
 
     run_dir = Path(runs_root) / name
     exp_path = run_dir / "experiment.json"
