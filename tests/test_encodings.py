@@ -1,4 +1,5 @@
-"""The encoding arms: xVal, RT place-value tokens (+NTL), regression head, and their loop."""
+"""The baseline arms: xVal, RT place-value tokens (+NTL), regression head -- their text handling,
+their models, and their training through the same `ntl.train.train_arm` as the token arms."""
 
 from __future__ import annotations
 
@@ -34,10 +35,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from ntl.encodings.train import default_tokenizer
+def tok(load_tok):
+    """The token arms' recipe: t5-small made digit-level, restricted to the records' pieces."""
+    from ntl.data.collate import restrict_tokenizer
+    from ntl.numbers import split_digits
 
-    return default_tokenizer([r[k] for r in RECORDS for k in ("question", "answer")])
+    texts = [r[k] for r in RECORDS for k in ("question", "answer")]
+    return restrict_tokenizer(split_digits(load_tok("t5-small")), texts)
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +180,13 @@ def test_xval_encode_texts(xval_tok):
 
 
 def _tiny_xval(xval_tok):
-    from ntl.models import build_model, model_vocab_size
+    from ntl.models import model_vocab_size, special_token_ids, t5_config_kwargs
 
-    t5 = build_model("t5-micro", model_vocab_size(xval_tok), tokenizer=xval_tok, seed=0)
-    return XV.XValT5(t5, XV.num_id(xval_tok), XV.Scaling())
+    ids = special_token_ids(xval_tok)
+    config = XV.XValConfig(num_token_id=XV.num_id(xval_tok), **t5_config_kwargs(
+        "t5-micro", model_vocab_size(xval_tok), pad=ids["pad"], eos=ids["eos"]))
+    torch.manual_seed(0)
+    return XV.XValT5(config)
 
 
 @pytest.mark.parametrize("text", [t for t in NUMBERS if len(t) < 15])
@@ -246,94 +253,94 @@ def test_greedy_cache_matches_full_recompute(xval_tok):
     assert torch.allclose(a[1], b[1], equal_nan=True, rtol=1e-4)
 
 
-def test_xval_loss_parts(xval_tok):
+def test_xval_loss_parts(xval_tok, tmp_path):
     model = _tiny_xval(xval_tok)
     q_ids, q_vals = XV.encode_texts(xval_tok, ["What is 2 + 3?"])
     a_ids, a_vals = XV.encode_texts(xval_tok, ["5"])
-    out = model.loss(
-        torch.tensor(q_ids), torch.ones(1, len(q_ids[0]), dtype=torch.long),
-        torch.tensor(q_vals, dtype=torch.float64),
-        torch.tensor(a_ids), torch.tensor(a_vals, dtype=torch.float64),
+    batch = dict(
+        input_ids=torch.tensor(q_ids), attention_mask=torch.ones(1, len(q_ids[0]), dtype=torch.long),
+        input_values=torch.tensor(q_vals, dtype=torch.float64),
+        labels=torch.tensor(a_ids), label_values=torch.tensor(a_vals, dtype=torch.float64),
     )
-    assert set(out) == {"loss", "ce", "mse"}
-    assert float(out["loss"].detach()) == pytest.approx(float((out["ce"] + out["mse"]).detach()), rel=1e-6)
+    out = model(**batch)
+    assert float(out.loss.detach()) == pytest.approx(float((out.ce + out.mse).detach()), rel=1e-6)
+    T = len(a_ids[0])
+    assert out.logits.shape == (1, T, model.config.vocab_size) and out.number_values.shape == (1, T)
     assert model.number_head(torch.zeros(3, 2, model.d_model)).shape == (3, 2)
     assert float(signed_log(torch.tensor(5.0))) == pytest.approx(math.log10(6))
+    # saved and loaded as a Hugging Face model: same outputs; AutoModel refuses the folder
+    model.save_pretrained(tmp_path)
+    again = XV.XValT5.from_pretrained(tmp_path).eval()
+    model.eval()
+    assert torch.equal(model(**batch).logits, again(**batch).logits)
+    from transformers import AutoModelForSeq2SeqLM
+
+    with pytest.raises((ValueError, KeyError)):
+        AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+
+
+def test_rt_model_saves_its_numeric_encoding(rt_tok, tmp_path):
+    from ntl.models import model_vocab_size, special_token_ids, t5_config_kwargs
+
+    ids = special_token_ids(rt_tok)
+    token_ids = dict(zip(RT.RT_TOKENS, rt_tok.convert_tokens_to_ids(list(RT.RT_TOKENS))))
+    model = RT.RTT5(RT.RTConfig(rt_token_ids=token_ids, **t5_config_kwargs(
+        "t5-micro", model_vocab_size(rt_tok), pad=ids["pad"], eos=ids["eos"])))
+    five = torch.tensor([[token_ids["_5_1_"]]])
+    assert not torch.equal(model.embed(five, None), model.shared(five))  # the encoding is added
+    model.save_pretrained(tmp_path)
+    again = RT.RTT5.from_pretrained(tmp_path)
+    assert torch.equal(again.numeric_encoding, model.numeric_encoding)
+    batch = dict(input_ids=torch.tensor([[3, 4, 1]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+                 labels=five)
+    model.eval(), again.eval()
+    assert torch.equal(model(**batch).logits, again(**batch).logits)
+    assert float(model(**batch).loss.detach()) > 0
 
 
 # ---------------------------------------------------------------------- training
-@pytest.mark.parametrize("arm", ["xval", "rt", "rt+ntl", "regression-head"])
-def test_arm_trains_and_predicts(arm, tok, tmp_path):
-    from ntl.encodings.train import predict, train_arm
-
-    out = tmp_path / arm
-    summary = train_arm(
-        arm, RECORDS, RECORDS[:6], model_size="t5-micro", steps=24, batch_size=8, lr=3e-3, seed=0,
-        out_dir=out, tokenizer=tok, logging_steps=4,
-    )
-    assert summary["global_step"] == 24
-    hist = json.loads((out / "log_history.json").read_text())
-    losses = [h["loss"] for h in hist if "loss" in h]
-    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
-    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
-    if arm.startswith("rt"):
-        assert all("ntl" in h and "ce" in h for h in hist if "loss" in h)
-    cfg = json.loads((out / "train_config.json").read_text())
-    assert cfg["encoding"] == parse_encoding_arm(arm).kind
-    assert (out / "final" / "config.json").is_file()
-    texts = predict(out, RECORDS[:5], batch_size=2, max_new_tokens=8)
-    assert len(texts) == 5 and all(isinstance(t, str) for t in texts)
-    if arm in ("xval", "regression-head"):  # a value is always printed for these
-        assert all(parse_number(t) is not None for t in texts if "NUM_" not in t)
-
-
-def test_resume_gives_the_same_weights(tok, tmp_path):
-    import shutil
-
-    from safetensors.torch import load_file
-
-    from ntl.encodings.train import WEIGHTS_NAME, train_arm
-
-    kwargs = dict(model_size="t5-micro", steps=6, batch_size=4, lr=3e-3, seed=1, tokenizer=tok,
-                  save_steps=3, logging_steps=1)
-    train_arm("rt+ntl", RECORDS, [], out_dir=tmp_path / "a", **kwargs)
-    assert (tmp_path / "a" / "checkpoint-3").is_dir()
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    for name in ("final", "train_summary.json", "log_history.json"):
-        p = tmp_path / "b" / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    summary = train_arm("rt+ntl", RECORDS, [], out_dir=tmp_path / "b", **kwargs)
-    assert summary["resumed_from"] == "checkpoint-3" and summary["steps_this_session"] == 3
-    a = load_file(str(tmp_path / "a" / "final" / WEIGHTS_NAME))
-    b = load_file(str(tmp_path / "b" / "final" / WEIGHTS_NAME))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    hist_a = json.loads((tmp_path / "a" / "log_history.json").read_text())
-    hist_b = json.loads((tmp_path / "b" / "log_history.json").read_text())
-    assert hist_a == hist_b
-
-
-def test_profile_arm_and_evaluate_run(tmp_path):
-    """The experiment-level entry points write the pipeline's files (metrics per split)."""
-    from ntl.config import Profile
-    from ntl.encodings.train import evaluate_run, train_profile_arm
-
+def _data(tmp_path) -> dict:
     data = {}
     for split, recs in (("train", RECORDS), ("valid", RECORDS[:6]), ("extrapolate", RECORDS[6:10])):
         data[split] = tmp_path / f"{split}.jsonl"
         data[split].write_text("".join(json.dumps({**r, "split": split}) + "\n" for r in recs))
-    profile = Profile(model="t5-micro", max_steps=4, batch_size=4, lr=3e-3, warmup_steps=0,
-                      logging_steps=2, save_steps=0, eval_splits=("valid", "extrapolate"),
-                      n_boot=20, max_new_tokens=8)
-    run = tmp_path / "runs" / "xval" / "seed0"
-    summary = train_profile_arm(profile, "xval", 0, run, data_paths=data, progress=False)
-    assert summary["global_step"] == 4
-    from ntl.evaluate import is_evaluated
-    from ntl.train import is_trained
+    return data
 
-    assert is_trained(run)
+
+@pytest.mark.parametrize("arm", ["xval", "rt", "rt+ntl", "regression-head"])
+def test_arm_trains_and_evaluates_through_train_arm(arm, tmp_path):
+    """The baselines train through ntl.train.train_arm (the HF Trainer: checkpoints in
+    safetensors, logs with the loss parts) and evaluate through ntl.evaluate.evaluate_run."""
+    from ntl.config import Profile
+    from ntl.evaluate import evaluate_run, is_evaluated
+    from ntl.train import is_trained, train_arm
+
+    profile = Profile(model="t5-micro", max_steps=24, batch_size=8, lr=3e-3, warmup_steps=0,
+                      logging_steps=4, save_steps=12, eval_splits=("valid", "extrapolate"),
+                      n_boot=20, max_new_tokens=8, threads=1)
+    run = tmp_path / "runs" / arm / "seed0"
+    summary = train_arm(profile, arm, 0, run, data_paths=_data(tmp_path), progress=False)
+    assert summary["global_step"] == 24 and is_trained(run)
+    hist = json.loads((run / "log_history.json").read_text())
+    losses = [h["loss"] for h in hist if "loss" in h]
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    assert np.mean(losses[-2:]) < 0.8 * np.mean(losses[:2]), losses
+    parts = {"xval": ("ce", "mse"), "rt": ("ce", "ntl"), "rt+ntl": ("ce", "ntl"),
+             "regression-head": ("mse",)}[arm]
+    lam = parse_encoding_arm(arm).lam
+    for h in hist:
+        assert all(p in h for p in parts), h
+        expected = {"xval": h.get("ce", 0) + h.get("mse", 0), "regression-head": h.get("mse", 0)}
+        expected = expected.get(arm, h.get("ce", 0) + lam * h.get("ntl", 0))
+        assert h["loss"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
+    cfg = json.loads((run / "train_config.json").read_text())
+    assert cfg["kind"] == parse_encoding_arm(arm).kind and cfg["encoding"] == cfg["kind"]
+    for folder in ("checkpoint-12", "final"):
+        assert (run / folder / "model.safetensors").is_file() and (run / folder / "config.json").is_file()
     metrics = evaluate_run(run, progress=False)
-    assert set(metrics) == {"valid", "extrapolate"}
+    assert set(metrics) == {"valid", "extrapolate"} and is_evaluated(run, profile.eval_splits)
     rows = [json.loads(line) for line in (run / "eval" / "valid.jsonl").read_text().splitlines()]
     assert len(rows) == 6
     assert set(rows[0]) == {"module", "question", "answer", "prediction", "parsed", "valid"}
-    assert is_evaluated(run, profile.eval_splits)
+    if arm in ("xval", "regression-head"):  # a value is always printed for these
+        assert all(r["valid"] for r in rows if "NUM_" not in r["prediction"])

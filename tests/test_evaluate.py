@@ -88,20 +88,21 @@ def test_eval_subset_and_beams(trained):
     assert select_examples(list(range(20)), 7) == select_examples(list(range(20)), 7)
 
 
-def test_metrics_from_parsed_predictions(trained, monkeypatch):
-    """Plumbing: exact answers count as matches, unparseable ones as invalid."""
+def test_metrics_from_parsed_predictions():
+    """Scoring: exact answers count as matches, unparseable ones as invalid."""
+    from ntl.metrics import metrics_by_module
 
-    def fake_generate(model, tokenizer, questions, **kwargs):
-        return ["42"] * (len(questions) - 2) + ["1e-05", "garbage"]
-
-    monkeypatch.setattr(evaluate, "generate_answers", fake_generate)
-    m = evaluate_run(trained, splits=["extrapolate"], max_examples=None, n_boot=0,
-                     out_dir=trained.parent / "eval-fake", progress=False)
-    rows = [json.loads(x) for x in (trained.parent / "eval-fake" / "extrapolate.jsonl").open()]
-    assert rows[-2]["parsed"] == pytest.approx(1e-05) and rows[-1]["valid"] is False
-    expected = sum(float(r["answer"]) == 42.0 for r in rows[:-2]) / len(rows)
-    assert m["extrapolate"]["overall"]["exact_match"]["value"] == pytest.approx(expected)
-    assert m["extrapolate"]["overall"]["invalid_rate"]["value"] == pytest.approx(1 / len(rows))
+    records = [{"module": "m", "question": f"q{i}", "answer": a}
+               for i, a in enumerate(["42", "41", "7", "0.5"])]
+    rows = evaluate.score_rows(records, ["42", "42", "1e-05", "garbage"])
+    assert [r["valid"] for r in rows] == [True, True, True, False]
+    assert rows[2]["parsed"] == pytest.approx(1e-05) and rows[3]["parsed"] is None
+    assert set(rows[0]) == {"module", "question", "answer", "prediction", "parsed", "valid"}
+    m = metrics_by_module(rows, n_boot=0, seed=0)["overall"]
+    assert m["exact_match"]["value"] == pytest.approx(1 / 4)
+    assert m["invalid_rate"]["value"] == pytest.approx(1 / 4)
+    with pytest.raises(ValueError, match="4 records but 3 predictions"):
+        evaluate.score_rows(records, ["1", "2", "3"])
 
 
 def test_eval_missing_run(tmp_path):

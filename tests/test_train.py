@@ -119,27 +119,15 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
-@pytest.mark.parametrize("from_base", [False, True], ids=["from-scratch", "fine-tune"])
-def test_sigkill_then_resume_gives_same_final_weights(tmp_path, data_dir, from_base):
-    sets = {**TINY, "max_steps": 150, "save_steps": 10, "dropout": 0.1, "save_total_limit": 3}
-    set_args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    init_from = None
-    if from_base:  # a fine-tune of a CE base, as in the finetune profile
-        base = tmp_path / "base"
-        train_arm(resolve("quick", {**TINY, "max_steps": 10}), "ce", 1, base,
-                  data_paths=_paths(data_dir), progress=False)
-        init_from = base / "final"
-        set_args += ["--init-from", str(init_from)]
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "ntl.cli", "train", "--out", str(killed), "--arm", "ce+ntl-was",
-           "--seed", "1", "--data-dir", str(data_dir), "--no-progress", *set_args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+def _kill_after_first_checkpoint(cmd: list[str], cwd: Path, out: Path) -> None:
+    """Run ``cmd`` and SIGKILL it as soon as ``out`` holds a complete checkpoint."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
-            if last_checkpoint(killed) is not None:
+            if last_checkpoint(out) is not None:
                 break
             time.sleep(0.02)
         assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read()[-2000:]}"
@@ -149,18 +137,45 @@ def test_sigkill_then_resume_gives_same_final_weights(tmp_path, data_dir, from_b
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
+
+
+KILL_CASES = {  # arm, steps, whether it fine-tunes a CE base
+    "from-scratch": ("ce+ntl-was", 150, False),
+    "fine-tune": ("ce+ntl-was", 150, True),
+    "baseline-xval": ("xval", 40, False),
+}
+
+
+@pytest.mark.parametrize("case", list(KILL_CASES))
+def test_sigkill_then_resume_gives_same_final_weights(tmp_path, data_dir, case):
+    """A run killed by SIGKILL and continued with --resume ends with the weights of an
+    uninterrupted run, for a token arm, a fine-tune and a baseline alike (one training path)."""
+    arm, max_steps, from_base = KILL_CASES[case]
+    sets = {**TINY, "max_steps": max_steps, "save_steps": 10, "dropout": 0.1, "save_total_limit": 3}
+    set_args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    init_from = None
+    if from_base:  # a fine-tune of a CE base, as in the finetune profile
+        base = tmp_path / "base"
+        train_arm(resolve("quick", {**TINY, "max_steps": 10}), "ce", 1, base,
+                  data_paths=_paths(data_dir), progress=False)
+        init_from = base / "final"
+        set_args += ["--init-from", str(init_from)]
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "ntl.cli", "train", "--out", str(killed), "--arm", arm,
+           "--seed", "1", "--data-dir", str(data_dir), "--no-progress", *set_args]
+    _kill_after_first_checkpoint(cmd, tmp_path, killed)
     ckpt = last_checkpoint(killed)
     assert ckpt is not None and not (killed / "final").exists()
     step = int(ckpt.name.split("-")[1])
-    assert step < 150
+    assert step < max_steps
 
     profile = resolve("quick", sets)
     paths = _paths(data_dir)
-    resumed = train_arm(profile, "ce+ntl-was", 1, killed, data_paths=paths, resume=True,
+    resumed = train_arm(profile, arm, 1, killed, data_paths=paths, resume=True,
                         progress=False, init_from=init_from)
-    assert resumed["resumed_from"] is not None and resumed["global_step"] == 150
+    assert resumed["resumed_from"] is not None and resumed["global_step"] == max_steps
     straight = tmp_path / "straight"
-    train_arm(profile, "ce+ntl-was", 1, straight, data_paths=paths, progress=False, init_from=init_from)
+    train_arm(profile, arm, 1, straight, data_paths=paths, progress=False, init_from=init_from)
     if from_base:
         cfg = json.loads((straight / "train_config.json").read_text())
         assert cfg["init_from"] == str(init_from.resolve())
@@ -171,8 +186,9 @@ def test_sigkill_then_resume_gives_same_final_weights(tmp_path, data_dir, from_b
     for name in a:
         assert torch.equal(a[name], b[name]), name
     # the resumed run's log history continues the killed one's
-    steps = [h["step"] for h in json.loads((killed / "log_history.json").read_text()) if "loss" in h]
-    assert steps == list(range(5, 151, 5))
+    history = json.loads((killed / "log_history.json").read_text())
+    assert [h["step"] for h in history if "loss" in h] == list(range(5, max_steps + 1, 5))
+    assert history == json.loads((straight / "log_history.json").read_text())
 
 
 def test_fine_tune_starts_from_the_base_weights(tmp_path, data_dir):

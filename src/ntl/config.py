@@ -5,7 +5,7 @@
   the vocabulary restricted to the data's ~160 pieces keeps at ~20k) on one module,
   ``arithmetic__add_or_sub`` at entropy 3-6 (numbers of up to ~4 digits, half of them decimals),
   2000 steps of 64 examples; sized to finish in <= 20 minutes on 2 CPU cores with data
-  generation and evaluation (measured figures: notes/quick_profile.md).
+  generation and evaluation (measured figures: docs/benchmarks.md).
 - ``small``: the setting behind README claims: three seeds per arm, three arithmetic modules
   (50k training examples each) at entropy 3-6, 3000 steps (~1 hour on 2 CPU cores).
 - ``finetune``: the paper's regime at ``small``'s scale: per seed a CE *base* model is trained on

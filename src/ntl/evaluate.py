@@ -34,91 +34,6 @@ def select_examples(records: Sequence[Mapping[str, Any]], max_examples: int | No
     return sorted(np.random.default_rng(0).choice(n, size=max_examples, replace=False).tolist())
 
 
-def load_model(path: str | os.PathLike[str], causal: bool | None = None) -> Any:
-    """Load a saved model (``final/`` or a checkpoint) for generation, in eval mode on CPU/GPU."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    if causal is None:
-        causal = not getattr(config, "is_encoder_decoder", False)
-    cls = AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM
-    model = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    model.eval()
-    return model
-
-
-def generate_answers(
-    model: Any,
-    tokenizer: Any,
-    questions: Sequence[str],
-    *,
-    batch_size: int = 256,
-    num_beams: int = 1,
-    max_new_tokens: int = 32,
-    max_source_length: int = 160,
-    progress: bool = True,
-    desc: str = "generate",
-) -> list[str]:
-    """Generated answer texts for ``questions``, in order.
-
-    Questions are batched by length (deterministically) to limit padding; causal models get
-    left-padded prompts ``question + eos`` and only the new tokens are decoded.
-    """
-    import torch
-
-    from ntl.data.collate import Collator, encode, pad_id
-    from ntl.models import is_encoder_decoder
-
-    causal = not is_encoder_decoder(model)
-    feats = encode(
-        [{"question": q, "answer": ""} for q in questions],
-        tokenizer,
-        causal=causal,
-        max_source_length=max_source_length,
-        with_labels=False,
-    )
-    order = sorted(range(len(feats)), key=lambda i: (len(feats[i]["input_ids"]), i))
-    collate = Collator(pad_id(tokenizer), padding_side="left" if causal else "right")
-    vocab_size = model.config.vocab_size
-    suppress = list(range(len(tokenizer), vocab_size)) or None  # padding ids of the embedding
-    gen_kwargs: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens,
-        num_beams=num_beams,
-        do_sample=False,
-        pad_token_id=pad_id(tokenizer),
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    if suppress:
-        gen_kwargs["suppress_tokens"] = suppress
-    if num_beams > 1:
-        gen_kwargs["early_stopping"] = True
-    texts: list[str] = [""] * len(feats)
-    device = next(model.parameters()).device
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(feats), desc=desc, unit="ex")
-    with torch.inference_mode():
-        for idx in batches:
-            batch = collate([feats[i] for i in idx])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model.generate(**batch, **gen_kwargs)
-            if causal:
-                out = out[:, batch["input_ids"].shape[1] :]
-            decoded = tokenizer.batch_decode(out, skip_special_tokens=True)
-            for i, text in zip(idx, decoded):
-                texts[i] = text.strip()
-            if bar is not None:
-                bar.update(len(idx))
-    if bar is not None:
-        bar.close()
-    return texts
-
-
 def evaluate_run(
     run_dir: str | os.PathLike[str],
     *,
@@ -149,28 +64,26 @@ def evaluate_run(
     """
     import torch
 
+    from ntl.arms import resolve_arm
     from ntl.data.mathematics import load_split
     from ntl.metrics import metrics_by_module, parse_number, write_json
-    from ntl.train import load_prepared_tokenizer
+    from ntl.tokenization import load_prepared_tokenizer
 
     run = Path(run_dir)
     cfg_path = run / "train_config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no train_config.json in {run}: is it a trained arm folder?")
     cfg = json.loads(cfg_path.read_text())
-    if "encoding" in cfg:  # xVal / RT / regression-head arms decode with their own loop
-        from ntl.encodings.train import evaluate_run as encoding_evaluate_run
-
-        return encoding_evaluate_run(run, splits=splits, checkpoint=checkpoint, num_beams=num_beams,
-                                     batch_size=batch_size, max_examples=max_examples,
-                                     max_new_tokens=max_new_tokens, n_boot=n_boot, out_dir=out_dir,
-                                     progress=progress)
     profile = cfg.get("profile", {})
+    recipe = resolve_arm(cfg["arm"], float(profile.get("lam", 0.3)))
     model_dir = run / (checkpoint or "final")
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"no saved model in {model_dir}; train first (ntl train)")
     splits = list(splits or profile.get("eval_splits") or DEFAULT_SPLITS)
     num_beams = num_beams or int(profile.get("num_beams", 1))
+    if num_beams > 1 and recipe.greedy_only:
+        print(f"[ntl eval] {cfg['arm']}: greedy decoding (num_beams={num_beams} ignored)", file=sys.stderr)
+        num_beams = 1
     batch_size = batch_size or int(profile.get("eval_batch_size", 256))
     max_new_tokens = max_new_tokens or int(profile.get("max_new_tokens", 32))
     n_boot = int(profile.get("n_boot", 1000)) if n_boot is None else n_boot
@@ -179,12 +92,12 @@ def evaluate_run(
     if profile.get("threads"):
         torch.set_num_threads(int(profile["threads"]))
     out = Path(out_dir) if out_dir else run / ("eval" if checkpoint is None else f"eval-{checkpoint}")
-    out.mkdir(parents=True, exist_ok=True)
 
     tokenizer = load_prepared_tokenizer(
         model_dir if (model_dir / "tokenizer.json").is_file() else cfg["tokenizer"]
     )
-    model = load_model(model_dir, causal=cfg.get("causal"))
+    model = recipe.load_model(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, Any] = {}
     for split in splits:
         path = cfg.get("data", {}).get(split)
@@ -200,7 +113,7 @@ def evaluate_run(
         if not keep:
             continue
         chosen = [records[i] for i in keep]
-        predictions = generate_answers(
+        predictions = recipe.predict(
             model,
             tokenizer,
             [str(r["question"]) for r in chosen],
@@ -211,19 +124,7 @@ def evaluate_run(
             progress=progress,
             desc=f"eval {split}",
         )
-        rows = []
-        for r, pred in zip(chosen, predictions):
-            parsed = parse_number(pred)
-            rows.append(
-                {
-                    "module": r["module"],
-                    "question": r["question"],
-                    "answer": r["answer"],
-                    "prediction": pred,
-                    "parsed": parsed,
-                    "valid": parsed is not None,
-                }
-            )
+        rows = score_rows(chosen, predictions)
         tmp = out / f".{split}.jsonl.tmp"
         with tmp.open("w", encoding="utf-8") as f:
             for row in rows:
@@ -232,6 +133,24 @@ def evaluate_run(
         metrics[split] = metrics_by_module(rows, n_boot=n_boot, seed=0)
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def score_rows(
+    records: Sequence[Mapping[str, Any]], predictions: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One ``eval/<split>.jsonl`` row per record: ``{"module", "question", "answer",
+    "prediction", "parsed", "valid"}``, ``parsed`` being :func:`ntl.metrics.parse_number` of the
+    prediction (None when it is not one number) and ``valid`` whether it parsed."""
+    from ntl.metrics import parse_number
+
+    if len(records) != len(predictions):
+        raise ValueError(f"{len(records)} records but {len(predictions)} predictions")
+    rows = []
+    for r, pred in zip(records, predictions):
+        parsed = parse_number(pred)
+        rows.append({"module": r["module"], "question": r["question"], "answer": r["answer"],
+                     "prediction": pred, "parsed": parsed, "valid": parsed is not None})
+    return rows
 
 
 def is_evaluated(run_dir: str | os.PathLike[str], splits: Sequence[str]) -> bool:
@@ -283,7 +202,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ntl eval``."""
-    metrics = evaluate_run(
+    from ntl.file_checks import CorruptFileError
+
+    try:
+        metrics = _evaluate_from_args(args)
+    except CorruptFileError as exc:
+        print(f"ntl eval: {exc}", file=sys.stderr)  # names the file and the fix
+        return 2
+    for split, m in metrics.items():
+        o = m["overall"]
+        print(
+            f"{split:12s} n={o['n']:5d}  exact_match={o['exact_match']['value']:.3f}  "
+            f"log_mae={o['log_mae']['value']:.3f}  invalid={o['invalid_rate']['value']:.3f}"
+        )
+    return 0
+
+
+def _evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return evaluate_run(
         args.run_dir,
         splits=args.splits,
         checkpoint=args.checkpoint,
@@ -295,10 +231,3 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         progress=not args.no_progress,
     )
-    for split, m in metrics.items():
-        o = m["overall"]
-        print(
-            f"{split:12s} n={o['n']:5d}  exact_match={o['exact_match']['value']:.3f}  "
-            f"log_mae={o['log_mae']['value']:.3f}  invalid={o['invalid_rate']['value']:.3f}"
-        )
-    return 0

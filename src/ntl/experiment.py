@@ -153,6 +153,41 @@ def _commands(info: dict[str, Any], command: str | None) -> list[str]:
     return list(dict.fromkeys([*old, *([command] if command else [])]))
 
 
+class ProfileMismatchError(ValueError):
+    """A run folder's ``experiment.json`` was written with another profile."""
+
+
+def read_experiment(path: Path, profile: Profile) -> dict[str, Any]:
+    """The content of an existing ``experiment.json`` (``{}`` if there is none), checked to be
+    from an experiment with ``profile`` (up to the arm/seed selection).
+
+    Raises:
+        ProfileMismatchError: it was written with another profile (the message names the
+            differing fields).
+        ntl.file_checks.CorruptFileError: it is not valid JSON.
+    """
+    from ntl.file_checks import CorruptFileError
+
+    if not path.is_file():
+        return {}
+    fix = f"rerun with --overwrite to start {path.parent} over, or choose another --name"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(info, dict):
+        raise CorruptFileError(f"{path} is not a JSON object; {fix}")
+    old = info.get("profile", {})
+    new = profile.to_dict()
+    if _comparable(old) != _comparable(new):
+        diff = sorted(k for k in set(old) | set(new)
+                      if k not in _SELECTION_FIELDS and old.get(k) != new.get(k))
+        raise ProfileMismatchError(
+            f"{path} is from an experiment with a different profile (fields: {diff}); {fix}"
+        )
+    return info
+
+
 def _log(msg: str) -> None:
     print(f"[ntl experiment] {msg}", flush=True)
 
@@ -166,34 +201,33 @@ def run_experiment(
     command: Sequence[str] | None = None,
     progress: bool = True,
     report: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the experiment ``name`` with ``profile``; return ``experiment.json``.
 
-    Raises ``ValueError`` if ``runs_root/name`` holds an experiment run with a different
-    profile (other than the arm/seed selection): use another ``name``.
+    ``overwrite`` deletes ``runs_root/name`` first and starts the experiment over (cached data
+    and shared bases are kept).
+
+    Raises:
+        ProfileMismatchError: ``runs_root/name`` holds an experiment run with a different
+            profile (other than the arm/seed selection); the message names the fields,
+            ``--overwrite`` and ``--name``. Nothing in the folder is touched.
+        ntl.file_checks.CorruptFileError: its ``experiment.json`` is not readable.
     """
     import torch
 
     from ntl.data.mathematics import generate
-    from ntl.train import prepare_tokenizer
+    from ntl.tokenization import prepare_tokenizer
 
     run_dir = Path(runs_root) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
     exp_path = run_dir / "experiment.json"
-    info: dict[str, Any] = {}
-    if exp_path.is_file():
-        info = json.loads(exp_path.read_text())
-        old = info.get("profile", {})
-        if _comparable(old) != _comparable(profile.to_dict()):
-            diff = sorted(
-                k
-                for k in set(old) | set(profile.to_dict())
-                if k not in _SELECTION_FIELDS and old.get(k) != profile.to_dict().get(k)
-            )
-            raise ValueError(
-                f"{run_dir} holds an experiment with a different profile (fields: {diff}); "
-                "choose another --name or delete the folder"
-            )
+    if overwrite and run_dir.exists():
+        import shutil
+
+        _log(f"--overwrite: deleting {run_dir}")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = read_experiment(exp_path, profile)
     if profile.threads:
         torch.set_num_threads(int(profile.threads))
     stages: dict[str, Any] = dict(info.get("stages", {}))
@@ -375,6 +409,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default="data", help="cache folder for generated data")
     parser.add_argument("--no-report", action="store_true", help="stop after evaluation")
     parser.add_argument(
+        "--overwrite", action="store_true",
+        help="delete RUNS_ROOT/NAME and start the experiment over (e.g. after changing the profile)",
+    )
+    parser.add_argument(
         "--no-progress", action="store_true",
         help="plain progress lines (one per run per tenth of its steps) instead of the live display; "
         "for CI and log files (also the default when the output is not a terminal)",
@@ -387,8 +425,7 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
     ``--arms`` items may hold several arms separated by commas (the profile's list syntax, as
     in ``--set arms=a,b``). Raises ``KeyError``/``ValueError`` naming a bad field, value or arm.
     """
-    from ntl.encodings import is_encoding_arm
-    from ntl.train import parse_arm
+    from ntl.arms import resolve_arm
 
     values: dict[str, Any] = parse_sets(args.sets)
     if args.arms:
@@ -397,14 +434,13 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
         values["seeds"] = list(args.seeds)
     profile = resolve(get_profile(args.profile), values)
     for arm in profile.arms:
-        if is_encoding_arm(arm):
-            if profile.base_steps > 0:
-                raise ValueError(
-                    f"arm {arm!r} has its own model and cannot fine-tune the CE base of profile "
-                    f"{profile.name!r}; run it with a from-scratch profile (e.g. --profile small)"
-                )
-        else:
-            parse_arm(arm, profile.lam).apply(profile)  # fail early on a bad arm or variant
+        recipe = resolve_arm(arm, profile.lam)  # fail early on a bad arm or variant
+        if profile.base_steps > 0 and not recipe.fine_tunes_base:
+            raise ValueError(
+                f"arm {arm!r} has its own model and cannot fine-tune the CE base of profile "
+                f"{profile.name!r}; run it with a from-scratch profile (e.g. --profile small)"
+            )
+        recipe.apply(profile)
     return profile
 
 
@@ -417,6 +453,16 @@ def run(args: argparse.Namespace) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"ntl experiment: {message}", file=sys.stderr)
         return 2
+    from ntl.file_checks import CorruptFileError
+
+    try:
+        return _run(args, profile)
+    except (ProfileMismatchError, CorruptFileError, FileExistsError) as exc:
+        print(f"ntl experiment: {exc}", file=sys.stderr)  # names the file and the fix
+        return 2
+
+
+def _run(args: argparse.Namespace, profile: Profile) -> int:
     run_experiment(
         profile,
         args.name or profile.name,
@@ -425,5 +471,6 @@ def run(args: argparse.Namespace) -> int:
         command=["ntl", *sys.argv[1:]] if sys.argv and "ntl" in Path(sys.argv[0]).name else sys.argv,
         progress=not args.no_progress,
         report=not args.no_report,
+        overwrite=args.overwrite,
     )
     return 0

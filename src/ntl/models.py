@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -166,20 +167,7 @@ def build_model(
     if s.arch == "t5":
         from transformers import T5Config, T5ForConditionalGeneration
 
-        config = T5Config(
-            vocab_size=vocab_size,
-            d_model=s.d_model,
-            d_kv=s.d_kv,
-            d_ff=s.d_ff,
-            num_layers=s.num_layers,
-            num_decoder_layers=s.num_decoder_layers or s.num_layers,
-            num_heads=s.num_heads,
-            dropout_rate=s.dropout,
-            feed_forward_proj=s.feed_forward_proj,
-            pad_token_id=pad,
-            eos_token_id=eos,
-            decoder_start_token_id=pad,
-        )
+        config = T5Config(**t5_config_kwargs(s, vocab_size, pad=pad, eos=eos))
         model = T5ForConditionalGeneration(config)
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -220,3 +208,47 @@ def count_parameters(model: Any) -> dict[str, int]:
             total += p.numel()
     emb = model.get_input_embeddings().weight.numel()
     return {"total": int(total), "embedding": int(emb), "non_embedding": int(total - emb)}
+
+
+def t5_config_kwargs(spec: str | ModelSpec, vocab_size: int, *, pad: int, eos: int) -> dict[str, Any]:
+    """``transformers.T5Config`` keyword arguments of a T5 size (``spec.arch == "t5"``), for
+    :func:`build_model` and the baselines' T5-based models (same backbone, same size)."""
+    s = model_spec(spec)
+    if s.arch != "t5":
+        raise ValueError(f"{spec!r} is a {s.arch} model; a T5 (encoder-decoder) size is needed here")
+    return dict(
+        vocab_size=vocab_size,
+        d_model=s.d_model,
+        d_kv=s.d_kv,
+        d_ff=s.d_ff,
+        num_layers=s.num_layers,
+        num_decoder_layers=s.num_decoder_layers or s.num_layers,
+        num_heads=s.num_heads,
+        dropout_rate=s.dropout,
+        feed_forward_proj=s.feed_forward_proj,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        decoder_start_token_id=pad,
+    )
+
+
+def load_model(path: str | os.PathLike[str], causal: bool | None = None) -> Any:
+    """Load a saved token-arm model (``final/`` or a checkpoint) in eval mode on CPU/GPU.
+
+    ``causal`` picks decoder-only vs encoder-decoder; ``None`` reads it from the config.
+    Raises :class:`ntl.file_checks.CorruptFileError` naming a truncated or corrupt weights file.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from ntl.file_checks import check_model_folder
+
+    check_model_folder(path)
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    if causal is None:
+        causal = not getattr(config, "is_encoder_decoder", False)
+    cls = AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM
+    model = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    model.eval()
+    return model

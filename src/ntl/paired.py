@@ -4,7 +4,7 @@ For every arm that has a baseline (``ce`` for token arms and the baselines, ``ce
 ``<arm>:<variant>``), every seed both have and every evaluated split, the difference
 ``metric(arm) − metric(baseline)`` is computed on the *same* questions with a paired bootstrap
 over examples (:func:`ntl.metrics.paired_difference`); across seeds, the mean difference gets a
-t-interval (:func:`ntl.report.aggregate_seeds`). Same seed means the same initial weights (or the
+t-interval (:func:`ntl.aggregate.aggregate_seeds`). Same seed means the same initial weights (or the
 same base model) and the same data order, so the pairing removes most seed-to-seed noise.
 
 Sign convention: a positive difference in exact match or paper accuracy favours the arm; a
@@ -47,12 +47,12 @@ def collect_paired(
 
     Returns:
         ``{arm: {"baseline": name, "splits": {split: {metric: AGG}}}}`` where AGG is
-        :func:`ntl.report.aggregate_seeds` over the seeds (mean, t-interval) plus
+        :func:`ntl.aggregate.aggregate_seeds` over the seeds (mean, t-interval) plus
         ``"per_seed": {seed: {"value", "lo", "hi"}}`` (paired bootstrap). Arms whose baseline
         was not run, and seeds or splits missing on either side, are left out.
     """
+    from ntl.aggregate import aggregate_seeds
     from ntl.metrics import paired_difference
-    from ntl.report import aggregate_seeds
 
     out: dict[str, Any] = {}
     for arm, seeds in runs.items():

@@ -1,15 +1,15 @@
-"""Train one arm of an experiment (ce, ce+ntl-was, ...) with the Hugging Face Trainer.
+"""Train one arm of an experiment with the Hugging Face Trainer: every arm, the same call.
 
 Usage: ``ntl train --out runs/NAME/ARM/seedK --arm ce+ntl-was --seed K [--profile quick]
 [--set key=value ...] [--resume]``.
 
-The loss is ``CE + λ·NTL`` through :class:`ntl.integrations.hf.NTLTrainer`. Arms by name: ``ce``
-(λ = 0; NTL-WAS is still computed and logged), ``ce+ntl-<loss>`` for any loss in
-``ntl.losses.functional.LOSSES`` (``was``, ``mse``, ``mae``, ``huber``, ``number-level``), with an
-optional λ suffix ``ce+ntl-was@0.8``. Every arm with the same seed sees the same examples in the
-same order (the order is a function of the seed only) and starts from the same weights.
+The arm's recipe (:mod:`ntl.arms`: token arms ``ce``, ``ce+ntl-<loss>[@λ][:variant]``; baselines
+``xval``, ``rt``, ``rt+ntl``, ``regression-head``) gives the tokenizer, the model, the features,
+the collator and the Trainer; this module does the rest the same way for all of them. Every arm
+with the same seed sees the same examples in the same order (the order is a function of the seed
+only), and every arm of a kind starts from the same weights.
 
-Writes into ``--out`` (layout in notes/CONTRACTS.md): ``train_config.json`` (written first),
+Writes into ``--out`` (layout in docs/architecture.md): ``train_config.json`` (written first),
 ``tokenizer/`` (unless a prepared tokenizer is given), ``checkpoint-<step>/`` (safetensors,
 optimizer, scheduler and RNG states), ``final/`` (model + tokenizer), ``log_history.json`` and
 ``train_summary.json`` (steps, runtime; its presence marks a finished run). ``--resume``
@@ -27,193 +27,19 @@ import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ntl.config import PROFILES, Profile, get_profile, override, parse_sets, profile_help, resolve
+from ntl.arms.token import ARM_VARIANTS, SIGMA_LOSSES, Arm, parse_arm
+from ntl.config import PROFILES, Profile, get_profile, parse_sets, profile_help, resolve
+from ntl.tokenization import TOKENIZER_RECIPE, data_identity, load_prepared_tokenizer, prepare_tokenizer
 
-TOKENIZER_RECIPE = "ntl_tokenizer.json"
-_ARM_RE = re.compile(
-    r"^ce(?:\+ntl-(?P<loss>[a-z][a-z_-]*?)(?P<sigma>[0-9]+(?:\.[0-9]*)?)?)?"
-    r"(?:@(?P<lam>[0-9.eE+-]+))?(?::(?P<variant>[a-z-]+))?$"
-)
-#: Losses that take a width σ as a suffix (``ce+ntl-was-soft0.5``), and its default.
-SIGMA_LOSSES: dict[str, float] = {"was-soft": 0.5}
-
-# Arm variants (``<arm>:<variant>``): profile fields a variant changes, for the paper's ablations.
-# ``multidigit``: the base tokenizer's own multi-digit pieces (T5's ``▁130``, ``3.5``), NTL over
-# every plain-decimal token (numbers mode) -- the tokenizer ablation. ``decoder``: a decoder-only
-# model of the same size name (``t5-tiny`` -> ``llama-tiny``; prompt + answer, loss on the answer
-# only) instead of T5. ``alltokens``: NTL over every number token of the tokenizer (T5's ``▁7``
-# besides ``7``), not only those that occur as labels -- the token-set ablation. ``scratch`` (in a
-# profile with a base stage): train from random initialisation with the base's own recipe and
-# data, i.e. the from-scratch regime on the same footing; ``ce:scratch`` is the base itself.
-def _scratch(profile: Profile) -> dict[str, Any]:
-    from ntl.config import base_profile
-
-    if profile.base_steps <= 0:
-        raise ValueError("the :scratch variant needs a profile with a base stage (base_steps > 0)")
-    base = base_profile(profile)
-    fields = ("max_steps", "lr", "warmup_steps", "lr_scheduler", "train_slice", "base_steps")
-    return {k: getattr(base, k) for k in fields}
-
-
-def _decoder_model(profile: Profile) -> dict[str, Any]:
-    from ntl.models import MODEL_SIZES
-
-    size = profile.model.split("-", 1)[-1]
-    return {"model": f"llama-{size}" if f"llama-{size}" in MODEL_SIZES else "llama-tiny"}
-
-
-ARM_VARIANTS: dict[str, Any] = {
-    "multidigit": lambda profile: {"split_digits": False, "number_mode": "numbers"},
-    "decoder": _decoder_model,
-    "alltokens": lambda profile: {"ntl_label_tokens": False},
-    "scratch": _scratch,
-}
-
-
-# ---------------------------------------------------------------------- arms
-@dataclass(frozen=True)
-class Arm:
-    """A parsed arm name: the NTL variant, its weight λ (0 for the CE baseline) and options
-    (``sigma`` of the soft-target loss)."""
-
-    name: str
-    ntl: str
-    lam: float
-    variant: str | None = None
-    options: tuple[tuple[str, float], ...] = ()
-
-    def apply(self, profile: Profile) -> Profile:
-        """The profile this arm trains with (its variant's fields replaced)."""
-        return override(profile, ARM_VARIANTS[self.variant](profile)) if self.variant else profile
-
-    @property
-    def own_tokenizer(self) -> bool:
-        """Whether the variant needs a tokenizer other than the experiment's shared one."""
-        return self.variant == "multidigit"
-
-    @property
-    def is_baseline(self) -> bool:
-        return self.lam == 0.0
-
-
-def parse_arm(name: str, default_lam: float = 0.3) -> Arm:
-    """Parse ``ce`` | ``ce+ntl-<loss>`` | ``ce+ntl-<loss>@<lam>``, each optionally followed by
-    ``:<variant>`` (see `ARM_VARIANTS`, e.g. ``ce+ntl-was:multidigit``), into an :class:`Arm`.
-    The soft-target loss takes its width σ (value units) as a suffix: ``ce+ntl-was-soft0.25@0.3``
-    (default σ: `SIGMA_LOSSES`).
-
-    The ``ce`` arm computes NTL-WAS with λ = 0 so its NTL curve can be compared.
-    """
-    from ntl.losses.functional import LOSSES
-
-    m = _ARM_RE.match(name.strip())
-    if m is None:
-        raise ValueError(
-            f"arm {name!r} is not 'ce' or 'ce+ntl-<loss>[@lam]' (optionally ':<variant>') with "
-            f"<loss> in {sorted(LOSSES)} and <variant> in {sorted(ARM_VARIANTS)}"
-        )
-    variant = m.group("variant")
-    if variant is not None and variant not in ARM_VARIANTS:
-        raise ValueError(f"arm {name!r}: unknown variant {variant!r}; choose one of {sorted(ARM_VARIANTS)}")
-    loss = m.group("loss")
-    if loss is None:
-        if m.group("lam") is not None:
-            raise ValueError(f"arm {name!r}: the ce arm takes no λ")
-        return Arm(name, "was", 0.0, variant)
-    if loss not in LOSSES:
-        raise ValueError(f"arm {name!r}: unknown NTL {loss!r}; choose one of {sorted(LOSSES)}")
-    options: tuple[tuple[str, float], ...] = ()
-    if loss in SIGMA_LOSSES:
-        sigma = float(m.group("sigma")) if m.group("sigma") is not None else SIGMA_LOSSES[loss]
-        if not sigma > 0:
-            raise ValueError(f"arm {name!r}: σ must be > 0, e.g. ce+ntl-{loss}0.5")
-        options = (("sigma", sigma),)
-    elif m.group("sigma") is not None:
-        raise ValueError(f"arm {name!r}: only {sorted(SIGMA_LOSSES)} take a σ suffix")
-    lam = float(m.group("lam")) if m.group("lam") is not None else float(default_lam)
-    if lam < 0:
-        raise ValueError(f"arm {name!r}: λ must be >= 0")
-    return Arm(name, loss, lam, variant, options)
-
-
-# ---------------------------------------------------------------------- tokenizer
-def load_prepared_tokenizer(path: str | os.PathLike[str]) -> Any:
-    """Load a tokenizer saved by :func:`prepare_tokenizer` (or a ``final/`` model folder)."""
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
-
-
-def prepare_tokenizer(
-    profile: Profile,
-    data_paths: Mapping[str, Path] | None,
-    save_dir: str | os.PathLike[str] | None = None,
-) -> Any:
-    """The experiment's one tokenizer: ``profile.tokenizer`` made digit-level
-    (``split_digits``) and, with ``restrict_vocab``, restricted to the pieces of the data.
-
-    If ``save_dir`` already holds a tokenizer prepared with the same recipe, it is loaded;
-    otherwise the new one is saved there (with ``ntl_tokenizer.json`` describing the recipe).
-    A ``profile.tokenizer`` that is a folder with ``ntl_tokenizer.json`` is used as it is.
-    """
-    from ntl import lab_tokenizers
-    from ntl.numbers import as_generic_fast, split_digits
-
-    given = Path(profile.tokenizer)
-    if (given / TOKENIZER_RECIPE).is_file():
-        return load_prepared_tokenizer(given)
-    recipe = {
-        "base": profile.tokenizer,
-        "split_digits": profile.split_digits,
-        "restrict_vocab": profile.restrict_vocab,
-        "data": _data_identity(data_paths) if profile.restrict_vocab else None,
-    }
-    if save_dir is not None and (Path(save_dir) / TOKENIZER_RECIPE).is_file():
-        stored = json.loads((Path(save_dir) / TOKENIZER_RECIPE).read_text())
-        if stored.get("recipe") == recipe:
-            return load_prepared_tokenizer(save_dir)
-    tok = lab_tokenizers.load(profile.tokenizer)
-    if profile.split_digits:
-        tok = split_digits(tok)
-    tok = as_generic_fast(tok)
-    if profile.restrict_vocab:
-        if not data_paths:
-            raise ValueError("restrict_vocab needs the data splits to read the used pieces from")
-        from ntl.data.collate import restrict_tokenizer
-        from ntl.data.mathematics import load_split
-
-        texts: list[str] = []
-        for path in data_paths.values():
-            if Path(path).is_file():
-                for r in load_split(path):
-                    texts.append(str(r["question"]))
-                    texts.append(str(r["answer"]))
-        tok = restrict_tokenizer(tok, texts)
-    if save_dir is not None:
-        save_dir = Path(save_dir)
-        tmp = save_dir.with_name(save_dir.name + f".tmp-{os.getpid()}")
-        tok.save_pretrained(str(tmp))
-        (tmp / TOKENIZER_RECIPE).write_text(
-            json.dumps({"recipe": recipe, "vocab_size": len(tok)}, indent=2) + "\n"
-        )
-        if save_dir.exists():
-            import shutil
-
-            shutil.rmtree(save_dir)
-        os.replace(tmp, save_dir)
-    return tok
-
-
-def _data_identity(data_paths: Mapping[str, Path] | None) -> str | None:
-    if not data_paths:
-        return None
-    first = Path(next(iter(data_paths.values())))
-    return first.parent.name
-
+#: Re-exported: the token-arm names are parsed in :mod:`ntl.arms.token`, the tokenizer is
+#: prepared in :mod:`ntl.tokenization`.
+__all__ = [
+    "ARM_VARIANTS", "Arm", "SIGMA_LOSSES", "TOKENIZER_RECIPE", "is_trained", "last_checkpoint",
+    "load_prepared_tokenizer", "parse_arm", "prepare_tokenizer", "train_arm",
+]
 
 # ---------------------------------------------------------------------- helpers
 def resolve_data(profile: Profile, data_dir: str | os.PathLike[str] | None, data_root: str) -> dict:
@@ -237,15 +63,37 @@ def device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def last_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
-    """The ``checkpoint-<step>`` folder with the highest step that holds a trainer state."""
-    best = None
+def checkpoint_folders(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Every ``checkpoint-<step>`` folder in ``out_dir``, complete or not, by step."""
+    found = []
     for p in Path(out_dir).glob("checkpoint-*"):
         m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and p.is_dir() and (p / "trainer_state.json").is_file():
-            if best is None or int(m.group(1)) > best[0]:
-                best = (int(m.group(1)), p)
-    return best[1] if best else None
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def last_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
+    """The ``checkpoint-<step>`` folder with the highest step that holds a trainer state."""
+    done = [p for p in checkpoint_folders(out_dir) if (p / "trainer_state.json").is_file()]
+    return done[-1] if done else None
+
+
+def check_resumable(out_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint a resumed run continues from: the last ``checkpoint-<step>`` folder, after
+    checking that it is complete (``trainer_state.json``, an untruncated ``model.safetensors``).
+
+    Raises:
+        ntl.file_checks.CorruptFileError: naming the file and the fix (delete the folder and
+            ``--resume`` from the previous checkpoint, or ``--overwrite``).
+    """
+    from ntl.file_checks import check_checkpoint
+
+    folders = checkpoint_folders(out_dir)
+    if not folders:
+        return None
+    check_checkpoint(folders[-1], folders[-2] if len(folders) > 1 else None)
+    return folders[-1]
 
 
 def is_trained(out_dir: str | os.PathLike[str]) -> bool:
@@ -293,7 +141,7 @@ def _training_arguments(profile: Profile, out_dir: Path, seed: int, progress: bo
 
 
 def _history_rows(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("step", "loss", "ce", "ntl", "learning_rate", "epoch", "grad_norm")
+    keys = ("step", "loss", "ce", "ntl", "mse", "learning_rate", "epoch", "grad_norm")
     rows = []
     for entry in log_history:
         if "loss" in entry:
@@ -319,11 +167,11 @@ def train_arm(
     init_from: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train ``arm`` with ``seed`` on ``data_paths["train"]`` (its ``profile.train_slice``) into
-    ``out_dir``.
+    ``out_dir``: the same Trainer call for every arm, token arms and baselines alike.
 
     Args:
         profile: the experiment profile (model, steps, optimizer, logging, checkpoints).
-        arm: arm name (see :func:`parse_arm`).
+        arm: arm name (see :func:`ntl.arms.resolve_arm`).
         seed: seed of the weights and of the data order.
         out_dir: the arm's run folder, ``runs/<name>/<arm>/seed<k>``.
         data_paths: ``{split: jsonl path}``; ``train`` is required, ``valid`` is used for
@@ -339,31 +187,29 @@ def train_arm(
 
     Returns:
         The content of ``train_summary.json``.
+
+    Raises:
+        FileExistsError: ``out_dir`` has checkpoints and neither ``resume`` nor ``overwrite``.
+        ntl.file_checks.CorruptFileError: the checkpoint to resume from (or a data file) is
+            truncated or incomplete; the message names the file and the fix.
     """
     import torch
     import transformers
 
-    from ntl.data.collate import Collator, EncodedDataset, encode, epoch_order, pad_id
+    from ntl.arms import resolve_arm
+    from ntl.data.collate import EncodedDataset, epoch_order
     from ntl.data.mathematics import load_split, module_slice
-    from ntl.encodings import is_encoding_arm
-    from ntl.integrations.hf import NTLTrainer
-    from ntl.losses.modules import CrossEntropyWithNTL
-    from ntl.models import build_model, count_parameters, model_spec, model_vocab_size
-    from ntl.numbers import NumberVocab
+    from ntl.models import count_parameters, model_spec
     from ntl.progress import quiet_transformers, status_callback
 
-    if is_encoding_arm(arm):  # xVal, RT, regression head: their own models and loop (issue 4)
-        from ntl.encodings.train import train_profile_arm
-
-        return train_profile_arm(profile, arm, seed, out_dir, data_paths=data_paths,
-                                 tokenizer=tokenizer, resume=resume, overwrite=overwrite,
-                                 progress=progress)
     out = Path(out_dir)
-    spec = parse_arm(arm, profile.lam)
-    profile = spec.apply(profile)
+    recipe = resolve_arm(arm, profile.lam)
+    profile = recipe.apply(profile)
     if not progress:
         transformers.utils.logging.disable_progress_bar()  # no weight-loading / saving bars
-    if spec.own_tokenizer:
+    if init_from is not None and not recipe.fine_tunes_base:
+        raise ValueError(f"arm {arm!r} has its own model and cannot start from a base ({init_from})")
+    if recipe.own_tokenizer:
         if init_from is not None:
             raise ValueError(
                 f"arm {arm!r} uses its own tokenizer and cannot fine-tune a base trained with the "
@@ -372,7 +218,8 @@ def train_arm(
         tokenizer = None  # prepared from the variant's profile into out_dir/tokenizer
     if is_trained(out) and not overwrite:
         return json.loads((out / "train_summary.json").read_text())
-    checkpoint = last_checkpoint(out)
+    folders = checkpoint_folders(out)
+    checkpoint = folders[-1] if folders else None
     if checkpoint is not None and not (resume or overwrite):
         raise FileExistsError(
             f"{out} already has checkpoints (last: {checkpoint.name}); pass --resume to continue "
@@ -380,12 +227,16 @@ def train_arm(
         )
     if overwrite and not resume:
         checkpoint = None
+    if checkpoint is not None:
+        checkpoint = check_resumable(out)
+    # the training records first: a corrupt data file stops the run before anything is written
+    records = module_slice(load_split(data_paths["train"]), *profile.train_slice)
     out.mkdir(parents=True, exist_ok=True)
     if profile.threads:
         torch.set_num_threads(int(profile.threads))
     transformers.logging.set_verbosity_error()
 
-    # tokenizer, shared by all arms
+    # tokenizer: the experiment's, shared by all arms (a baseline adds its tokens to a copy)
     if tokenizer is None:
         tokenizer = prepare_tokenizer(profile, data_paths, out / "tokenizer")
         tokenizer_path = out / "tokenizer"
@@ -394,82 +245,59 @@ def train_arm(
         tokenizer = load_prepared_tokenizer(tokenizer_path)
     else:
         tokenizer_path = None
+    shared_size = len(tokenizer)
+    tokenizer = recipe.tokenizer(tokenizer)
 
-    # model (same weights for every arm with this seed)
-    mspec = model_spec(profile.model, dropout=profile.dropout)
-    causal = not mspec.is_encoder_decoder
-    vocab_size = model_vocab_size(tokenizer)
+    # model: the same weights for every arm of a kind with this seed
     transformers.set_seed(seed)
-    if init_from is not None:
-        from ntl.evaluate import load_model
-
-        model = load_model(init_from, causal=causal)
-        model.train()
-        if model.config.vocab_size != vocab_size:
-            raise ValueError(
-                f"{init_from} has {model.config.vocab_size} logits but the tokenizer needs "
-                f"{vocab_size}: the base was trained with another tokenizer"
-            )
-    else:
-        model = build_model(mspec, vocab_size, tokenizer=tokenizer, seed=seed)
+    model = recipe.build_model(profile, tokenizer, seed, init_from)
 
     # data: a fixed, seed-determined order of examples, read sequentially
-    records = module_slice(load_split(data_paths["train"]), *profile.train_slice)
-    enc_kwargs = dict(
-        max_source_length=profile.max_source_length, max_target_length=profile.max_target_length
-    )
-    features = encode(records, tokenizer, causal=causal, **enc_kwargs)
-    vocab = NumberVocab.from_tokenizer(tokenizer, mode=profile.number_mode, vocab_size=vocab_size)
-    if profile.ntl_label_tokens:
-        vocab = vocab.restricted({t for f in features for t in f["labels"] if t >= 0})
-    loss = CrossEntropyWithNTL(vocab, ntl=spec.ntl, lam=spec.lam, **dict(spec.options))
+    features = recipe.features(records, tokenizer, profile, with_targets=True)
+    if not features:
+        raise ValueError(f"arm {arm!r}: no usable training records in {data_paths['train']}")
     total = profile.max_steps * profile.batch_size * profile.grad_accum
     train_ds = EncodedDataset(features, epoch_order(len(features), total, seed))
     eval_ds = None
     if profile.eval_steps and "valid" in data_paths:
         valid = load_split(data_paths["valid"])[: profile.eval_max_examples or None]
-        eval_ds = EncodedDataset(encode(valid, tokenizer, causal=causal, **enc_kwargs))
+        eval_ds = EncodedDataset(recipe.features(valid, tokenizer, profile, with_targets=True))
 
+    args = _training_arguments(profile, out, seed, progress, eval_ds is not None)
+    trainer = recipe.trainer(
+        model=model, args=args, tokenizer=tokenizer, train_dataset=train_ds, eval_dataset=eval_ds,
+        features=features, profile=profile,
+        callbacks=[*callbacks, status_callback(out, f"{recipe.name}/seed{seed}")],
+    )
+    if not progress:
+        quiet_transformers(trainer)  # train.log and status.json carry the logs
+    mspec = model_spec(profile.model, dropout=profile.dropout)
     config = {
-        "arm": spec.name,
-        "variant": spec.variant,
-        "number_mode": profile.number_mode,
-        "ntl": spec.ntl,
-        "lam": spec.lam,
-        "ntl_options": dict(spec.options),
+        "arm": recipe.name,
+        "kind": recipe.kind,
+        "variant": None,
         "init_from": str(Path(init_from).resolve()) if init_from is not None else None,
         "seed": seed,
         "profile": profile.to_dict(),
         "data": {k: str(Path(v).resolve()) for k, v in data_paths.items()},
         "tokenizer": str(tokenizer_path.resolve()) if tokenizer_path else None,
-        "tokenizer_size": len(tokenizer),
+        "tokenizer_size": shared_size,
+        "arm_tokenizer_size": len(tokenizer),
         "model": profile.model,
+        "model_class": type(model).__name__,
         "model_spec": mspec.__dict__,
-        "model_vocab_size": vocab_size,
-        "causal": causal,
+        "model_vocab_size": int(model.config.vocab_size),
+        "causal": not mspec.is_encoder_decoder,
         "parameters": count_parameters(model),
-        "number_tokens": vocab.number_tokens,
         "n_train_records": len(records),
+        "n_train_features": len(features),
         "n_train_examples_seen": total,
         "device": device_kind(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        **recipe.describe(),
     }
     (out / "train_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    args = _training_arguments(profile, out, seed, progress, eval_ds is not None)
-    trainer = NTLTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        data_collator=Collator(pad_id(tokenizer)),
-        processing_class=tokenizer,
-        ntl_loss=loss,
-        causal=causal,
-        callbacks=[*callbacks, status_callback(out, f"{spec.name}/seed{seed}")],
-    )
-    if not progress:
-        quiet_transformers(trainer)  # train.log and status.json carry the logs
     start = time.time()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     elapsed = time.time() - start
@@ -481,7 +309,7 @@ def train_arm(
     (out / "log_history.json").write_text(json.dumps(history, indent=1) + "\n")
     steps_run = trainer.state.global_step - (_step_of(checkpoint) if checkpoint else 0)
     summary = {
-        "arm": spec.name,
+        "arm": recipe.name,
         "seed": seed,
         "global_step": trainer.state.global_step,
         "resumed_from": checkpoint.name if checkpoint else None,
@@ -490,6 +318,7 @@ def train_arm(
         "steps_per_second": round(steps_run / elapsed, 3) if elapsed > 0 else None,
         "train_loss": result.training_loss,
         "final_log": history[-1] if history else None,
+        **recipe.summary(),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -511,7 +340,7 @@ def base_dir(
     import hashlib
 
     fields = {k: v for k, v in profile.to_dict().items() if k not in _NOT_BASE_FIELDS}
-    fields["data"] = _data_identity(data_paths)
+    fields["data"] = data_identity(data_paths)
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     return Path(runs_root) / "bases" / digest / f"seed{seed}"
 
@@ -595,9 +424,21 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ntl train``."""
+    from ntl.file_checks import CorruptFileError
+
     profile = profile_from_args(args)
-    data_paths = resolve_data(profile, args.data_dir, args.data_root)
-    summary = train_arm(
+    try:
+        data_paths = resolve_data(profile, args.data_dir, args.data_root)
+        summary = _train_from_args(args, profile, data_paths)
+    except (CorruptFileError, FileExistsError) as exc:
+        print(f"ntl train: {exc}", file=sys.stderr)  # names the file and the fix
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _train_from_args(args: argparse.Namespace, profile: Profile, data_paths: dict) -> dict[str, Any]:
+    return train_arm(
         profile,
         args.arm,
         args.seed,
@@ -608,8 +449,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         init_from=args.init_from,
     )
-    print(json.dumps(summary, indent=2))
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

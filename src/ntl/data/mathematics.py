@@ -281,13 +281,33 @@ def cache_dir(spec: DataSpec, out_dir: str | os.PathLike[str] = "data") -> Path:
 
 def load_split(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     """Read one split file (jsonl) into a list of ``{"module", "question", "answer", "split"}``."""
+    from ntl.file_checks import CorruptFileError, read_jsonl
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"no split file at {path}; create it with ntl.data.mathematics.generate(spec) or `ntl data`"
         )
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    fix = (
+        f"regenerate it: delete {path.parent} and rerun `ntl data` (or the experiment, which "
+        "generates its data again)"
+    )
+    records = read_jsonl(path, fix)
+    missing = [i for i, r in enumerate(records, 1) if not {"module", "question", "answer"} <= set(r)]
+    if missing:
+        raise CorruptFileError(
+            f"{path}: line {missing[0]} lacks module/question/answer (a corrupt file); {fix}"
+        )
+    try:  # a cache folder made by generate() records how many examples each split holds
+        expected = sum(load_manifest(path.parent)["counts"][path.stem].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        expected = None
+    if expected is not None and expected != len(records):
+        raise CorruptFileError(
+            f"{path} holds {len(records)} examples but its spec.json says {expected} (a truncated "
+            f"file); {fix}"
+        )
+    return records
 
 
 def module_slice(

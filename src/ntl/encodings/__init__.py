@@ -11,9 +11,10 @@ Arms (names as ``ntl experiment --arms`` takes them):
 - ``regression-head``: T5 encoder + scalar head trained with MSE on the signed-log answer
   (:mod:`ntl.encodings.regression_head`).
 
-They train and predict through :mod:`ntl.encodings.train` (a small loop of its own; the HF
-Trainer path does not fit value-carrying inputs or a scalar head). This module only parses arm
-names, so ``import ntl.encodings`` is cheap.
+Each is a Hugging Face model class whose ``forward`` returns its loss; their recipes in
+:mod:`ntl.arms` (tokens, features, collator, decoding) let :func:`ntl.train.train_arm` train them
+with the same Trainer call as the token arms. This module only parses arm names, so
+``import ntl.encodings`` is cheap.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def parse_encoding_arm(name: str, default_lam: float = 0.3) -> EncodingArm:
 
 
 def is_encoding_arm(name: str) -> bool:
-    """True for arm names handled by :mod:`ntl.encodings.train` (not the HF Trainer path)."""
+    """True for the baseline arm names (xVal, RT, regression head), not the token arms."""
     try:
         parse_encoding_arm(name)
     except ValueError:

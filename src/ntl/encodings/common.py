@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from transformers import T5ForConditionalGeneration
 
 #: A number in text: optional attached sign, digits, optional fraction.
 NUMBER_RE = re.compile(r"(?:(?<![\w.)\]])-)?\d+(?:\.\d+)?")
@@ -139,44 +139,82 @@ def shift_right(x: torch.Tensor, start: float | int) -> torch.Tensor:
     return out
 
 
-# ---------------------------------------------------------------------- the T5 wrapper
-class NumberT5(nn.Module):
-    """A ``T5ForConditionalGeneration`` driven through ``inputs_embeds``, so that an arm can
+# ---------------------------------------------------------------------- the T5 model
+class NumberT5(T5ForConditionalGeneration):
+    """A ``T5ForConditionalGeneration`` whose token embeddings go through one hook,
+    :meth:`embed`, in every pass (training forward, encoder, greedy decoder), so that an arm can
     change how tokens are embedded (xVal scales ``[NUM]`` by its value, RT adds a numeric
-    encoding) and attach heads to the decoder states.
+    encoding) and attach heads to the decoder states. It saves and loads like any Hugging Face
+    model (``save_pretrained`` / ``from_pretrained``: ``config.json`` + ``model.safetensors``).
 
     Per-token float ``values`` (B, T) travel with the ids; what they mean is the subclass's
     business (:meth:`embed`), and :meth:`next_values` says which value the greedy decoder feeds
     back with each generated token. The base class ignores values (plain T5).
     """
 
-    def __init__(self, t5: nn.Module) -> None:
-        super().__init__()
-        self.t5 = t5
-        config = t5.config
-        self.scale_outputs = bool(
-            getattr(config, "scale_decoder_outputs", getattr(config, "tie_word_embeddings", True))
-        )
-        self.d_model = int(config.d_model)
-        self.start_id = int(config.decoder_start_token_id)
-        self.eos_id = int(config.eos_token_id)
-        self.pad_id = int(config.pad_token_id)
+    @property
+    def d_model(self) -> int:
+        return int(self.config.d_model)
+
+    @property
+    def start_id(self) -> int:
+        return int(self.config.decoder_start_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.config.eos_token_id)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.config.pad_token_id)
 
     # -- hooks
     def embed(self, ids: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
         """(B, T) ids (and (B, T) float values) -> (B, T, d_model) input embeddings."""
-        return self.t5.shared(ids)
+        return self.shared(ids)
 
     def next_values(self, hidden: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
         """The value fed back with each generated token: hidden (B, d), next_ids (B,) -> (B,)."""
         return torch.ones(next_ids.shape, dtype=hidden.dtype, device=hidden.device)
 
     # -- passes
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        input_values: torch.Tensor | None = None,
+        decoder_values: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """T5's teacher-forced pass with both sides embedded by :meth:`embed`.
+
+        Args:
+            input_ids, attention_mask: (B, S) encoder ids and mask; input_values (B, S) or None.
+            decoder_input_ids: (B, T); default: ``labels`` shifted right behind the start id.
+            labels: (B, T) target ids, -100 ignored; gives ``loss`` = mean CE over them.
+            decoder_values: (B, T) values fed with the decoder inputs, or None.
+            **kwargs: passed to ``T5ForConditionalGeneration.forward`` (``cache``, ...).
+
+        Returns:
+            ``Seq2SeqLMOutput`` (``loss`` when labels are given, ``logits`` (B, T, V)).
+        """
+        if decoder_input_ids is None and kwargs.get("decoder_inputs_embeds") is None:
+            if labels is None:
+                raise ValueError("pass decoder_input_ids or labels (teacher forcing needs one)")
+            decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        if input_ids is not None and kwargs.get("encoder_outputs") is None:
+            kwargs["inputs_embeds"] = self.embed(input_ids, input_values)
+        if decoder_input_ids is not None:
+            kwargs["decoder_inputs_embeds"] = self.embed(decoder_input_ids, decoder_values)
+        return super().forward(attention_mask=attention_mask, labels=labels, **kwargs)
+
     def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, values: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Encoder states (B, S, d) of ``input_ids`` (B, S) with mask (B, S)."""
-        out = self.t5.encoder(inputs_embeds=self.embed(input_ids, values), attention_mask=attention_mask)
+        out = self.encoder(inputs_embeds=self.embed(input_ids, values), attention_mask=attention_mask)
         return out[0]
 
     def decode(
@@ -189,7 +227,7 @@ class NumberT5(nn.Module):
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """Decoder pass: (logits (B, T, V), hidden (B, T, d) before the LM head, cache)."""
-        out = self.t5.decoder(
+        out = self.decoder(
             inputs_embeds=self.embed(decoder_ids, decoder_values),
             encoder_hidden_states=encoder_states,
             encoder_attention_mask=attention_mask,
@@ -197,21 +235,8 @@ class NumberT5(nn.Module):
             use_cache=use_cache,
         )
         hidden = out[0]
-        logits = self.t5.lm_head(hidden * self.d_model**-0.5 if self.scale_outputs else hidden)
-        return logits, hidden, getattr(out, "cache", None)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        decoder_input_ids: torch.Tensor,
-        input_values: torch.Tensor | None = None,
-        decoder_values: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced pass: (logits (B, T, V), decoder hidden (B, T, d))."""
-        enc = self.encode(input_ids, attention_mask, input_values)
-        logits, hidden, _ = self.decode(enc, attention_mask, decoder_input_ids, decoder_values)
-        return logits, hidden
+        scaled = hidden * self.d_model**-0.5 if self.config.scale_decoder_outputs else hidden
+        return self.lm_head(scaled), hidden, getattr(out, "cache", None)
 
     @torch.no_grad()
     def greedy(

@@ -10,8 +10,13 @@ training). The prediction is inverted from that scale and printed like xVal's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
+from transformers import T5Config, T5EncoderModel
+from transformers.utils import ModelOutput
 
 from ntl.encodings.common import format_value, inverse_signed_log, signed_log
 
@@ -19,36 +24,64 @@ from ntl.encodings.common import format_value, inverse_signed_log, signed_log
 MAX_SIGNED_LOG = 30.0
 
 
-class RegressionT5(nn.Module):
-    """T5 encoder + mean pooling + MLP -> one value per example (signed-log scale).
+class RegressionConfig(T5Config):
+    """A T5 (encoder) config plus the head's width. Its own ``model_type``, so ``AutoModel``
+    refuses the folder instead of loading a plain T5.
 
     Args:
-        encoder: a ``transformers.T5EncoderModel``.
         head_hidden: the MLP's hidden width (default d_model).
-
-    Shapes: ``forward(input_ids (B, S), attention_mask (B, S)) -> (B,)`` float.
+        **kwargs: ``T5Config`` fields.
     """
 
-    def __init__(self, encoder: nn.Module, head_hidden: int | None = None) -> None:
-        super().__init__()
-        self.encoder = encoder
-        d = int(encoder.config.d_model)
-        hidden = head_hidden or d
+    model_type = "ntl-regression-t5"
+
+    def __init__(self, head_hidden: int | None = None, **kwargs: Any) -> None:
+        self.head_hidden = head_hidden
+        super().__init__(**kwargs)
+
+
+@dataclass
+class RegressionOutput(ModelOutput):
+    """``loss`` = ``mse`` (0-d, signed-log units; when targets are given) and ``values`` (B,),
+    the predictions in signed-log scale."""
+
+    loss: torch.Tensor | None = None
+    mse: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+
+class RegressionT5(T5EncoderModel):
+    """T5 encoder + mean pooling + MLP -> one value per example (signed-log scale).
+
+    Shapes: ``forward(input_ids (B, S), attention_mask (B, S), labels (B,) raw values or None)
+    -> RegressionOutput(loss, mse, values (B,))``.
+    """
+
+    config_class = RegressionConfig
+    accepts_loss_kwargs = False  # the loss is a per-batch mean; the Trainer averages over steps
+
+    def __init__(self, config: RegressionConfig) -> None:
+        super().__init__(config)
+        d = int(config.d_model)
+        hidden = config.head_hidden or d
         self.head = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> RegressionOutput:
+        """Predictions (B,) in signed-log scale and, with ``labels`` (B,) raw target values, the
+        MSE between the predictions and ``signed_log(labels)``."""
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
         mask = attention_mask.to(states.dtype).unsqueeze(-1)
         pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return self.head(pooled).squeeze(-1)
-
-    def loss(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """``{"loss", "mse"}``: MSE between predictions and ``signed_log(targets)`` (B,) raw values."""
-        pred = self(input_ids, attention_mask).float()
-        mse = nn.functional.mse_loss(pred, signed_log(targets.float()))
-        return {"loss": mse, "mse": mse}
+        values = self.head(pooled).squeeze(-1)
+        if labels is None:
+            return RegressionOutput(values=values)
+        mse = nn.functional.mse_loss(values.float(), signed_log(labels.float()))
+        return RegressionOutput(loss=mse, mse=mse, values=values)
 
     @torch.no_grad()
     def predict_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -56,7 +89,7 @@ class RegressionT5(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            pred = self(input_ids, attention_mask).double()
+            pred = self(input_ids, attention_mask).values.double()
         finally:
             self.train(was_training)
         return inverse_signed_log(pred.clamp(-MAX_SIGNED_LOG, MAX_SIGNED_LOG))

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
+from transformers import T5Config
 
 from ntl.encodings.common import NumberT5, is_word_char, render_pieces, tokenize_with_numbers
 from ntl.numbers import NumberVocab, number_value
@@ -285,21 +285,45 @@ def numeric_encoding(
     return enc.float()
 
 
+class RTConfig(T5Config):
+    """A T5 config plus RT's settings. Its own ``model_type``, so ``AutoModel`` refuses the
+    folder instead of loading a plain T5 without the numeric encoding.
+
+    Args:
+        rt_token_ids: ``{"_d_p_": id}`` of the place-value tokens (the numeric encoding's rows).
+        rt_encoding_scale: amplitude of the numeric encoding.
+        **kwargs: ``T5Config`` fields.
+    """
+
+    model_type = "ntl-rt-t5"
+
+    def __init__(
+        self, rt_token_ids: Mapping[str, int] | None = None, rt_encoding_scale: float = 1.0, **kwargs: Any
+    ) -> None:
+        self.rt_token_ids = {str(k): int(v) for k, v in (rt_token_ids or {}).items()}
+        self.rt_encoding_scale = float(rt_encoding_scale)
+        super().__init__(**kwargs)
+
+
 class RTT5(NumberT5):
     """T5 whose token embeddings get the fixed RT numeric encoding added (encoder and decoder).
 
-    Shapes: ``embed(ids (B, T)) -> (B, T, d_model)``; the encoding table is a non-persistent
-    buffer (rebuilt from the tokenizer, not saved).
+    The model's ``forward`` is T5's (``loss`` = CE when ``labels`` are given), so it trains
+    through ``ntl.integrations.hf.NTLTrainer`` like the token arms, with NTL over the
+    place-value tokens (:func:`rt_number_vocab`).
+
+    Shapes: ``embed(ids (B, T)) -> (B, T, d_model)``; the encoding table (V, d_model) is a
+    buffer rebuilt from the config, saved with the weights.
     """
 
-    def __init__(self, t5: nn.Module, encoding: torch.Tensor) -> None:
-        super().__init__(t5)
-        if encoding.shape != self.t5.shared.weight.shape:
-            raise ValueError(
-                f"numeric encoding has shape {tuple(encoding.shape)}, the embedding "
-                f"{tuple(self.t5.shared.weight.shape)}"
-            )
-        self.register_buffer("numeric_encoding", encoding, persistent=False)
+    config_class = RTConfig
+
+    def __init__(self, config: RTConfig) -> None:
+        super().__init__(config)
+        encoding = numeric_encoding(
+            config.rt_token_ids, int(config.vocab_size), int(config.d_model), config.rt_encoding_scale
+        )
+        self.register_buffer("numeric_encoding", encoding)
 
     def embed(self, ids: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
-        return self.t5.shared(ids) + self.numeric_encoding[ids].to(self.t5.shared.weight.dtype)
+        return self.shared(ids) + self.numeric_encoding[ids].to(self.shared.weight.dtype)

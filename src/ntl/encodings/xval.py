@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import T5Config
+from transformers.utils import ModelOutput
 
 from ntl.encodings.common import (
     NumberT5,
@@ -149,21 +151,72 @@ class NumberHead(nn.Module):
         return self.net(hidden).squeeze(-1)
 
 
-class XValT5(NumberT5):
-    """T5 with xVal number embeddings and a number head.
+class XValConfig(T5Config):
+    """A T5 config plus xVal's settings. Its own ``model_type``, so ``AutoModel`` refuses the
+    folder instead of loading a plain T5 without the number head.
 
-    ``values`` (B, T) are *scaled* values ``s(x)`` at ``[NUM]`` positions and 1 elsewhere: the
-    input embedding is ``E[id] · values[..., None]``.
+    Args:
+        num_token_id: the ``[NUM]`` id.
+        xval_scaling: ``"signed-log"`` or ``"linear"`` (:class:`Scaling`).
+        xval_scale: the linear scaling's divisor.
+        mse_weight: weight of the number-head MSE in the training loss.
+        head_hidden: the number head's hidden width (default d_model).
+        **kwargs: ``T5Config`` fields.
     """
 
-    def __init__(self, t5: nn.Module, num_token_id: int, scaling: Scaling, head_hidden: int | None = None):
-        super().__init__(t5)
+    model_type = "ntl-xval-t5"
+
+    def __init__(
+        self,
+        num_token_id: int = 0,
+        xval_scaling: str = "signed-log",
+        xval_scale: float = 1.0,
+        mse_weight: float = 1.0,
+        head_hidden: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.num_token_id = int(num_token_id)
-        self.scaling = scaling
-        self.number_head = NumberHead(self.d_model, head_hidden)
+        self.xval_scaling = xval_scaling
+        self.xval_scale = float(xval_scale)
+        self.mse_weight = float(mse_weight)
+        self.head_hidden = head_hidden
+        super().__init__(**kwargs)
+
+
+@dataclass
+class XValOutput(ModelOutput):
+    """``loss`` = CE + mse_weight·MSE (0-d), its parts ``ce`` and ``mse`` (0-d, MSE in scaled
+    units), ``logits`` (B, T, V) and the number head's scaled values (B, T)."""
+
+    loss: torch.Tensor | None = None
+    ce: torch.Tensor | None = None
+    mse: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    number_values: torch.Tensor | None = None
+
+
+class XValT5(NumberT5):
+    """T5 with xVal number embeddings and a number head (:class:`XValConfig`).
+
+    ``values`` fed to :meth:`embed` (B, T) are *scaled* values ``s(x)`` at ``[NUM]`` positions and
+    1 elsewhere: the input embedding is ``E[id] · values[..., None]``. :meth:`forward` takes the
+    *raw* values (NaN off ``[NUM]``) as the collator gives them and returns :class:`XValOutput`.
+    """
+
+    config_class = XValConfig
+    accepts_loss_kwargs = False  # the loss is a per-batch mean; the Trainer averages over steps
+
+    def __init__(self, config: XValConfig) -> None:
+        super().__init__(config)
+        self.scaling = Scaling(config.xval_scaling, config.xval_scale)
+        self.number_head = NumberHead(int(config.d_model), config.head_hidden)
+
+    @property
+    def num_token_id(self) -> int:
+        return int(self.config.num_token_id)
 
     def embed(self, ids: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
-        emb = self.t5.shared(ids)
+        emb = self.shared(ids)
         if values is None:
             return emb
         return emb * values.to(emb.dtype).unsqueeze(-1)
@@ -178,33 +231,30 @@ class XValT5(NumberT5):
         scaled = self.scaling.forward(torch.nan_to_num(raw_values.float(), nan=0.0))
         return torch.where(ids == self.num_token_id, scaled, torch.ones_like(scaled))
 
-    def loss(
+    def forward(  # type: ignore[override]
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         input_values: torch.Tensor,
         labels: torch.Tensor,
         label_values: torch.Tensor,
-        mse_weight: float = 1.0,
-    ) -> dict[str, torch.Tensor]:
+    ) -> XValOutput:
         """Teacher-forced loss.
 
         Args:
             input_ids, attention_mask: (B, S); input_values (B, S) raw values (NaN off ``[NUM]``).
             labels: (B, T) target ids, -100 on padding; label_values (B, T) raw values.
-            mse_weight: weight of the number-head MSE.
 
         Returns:
-            ``{"loss": CE + mse_weight·MSE, "ce", "mse"}`` (0-d tensors); MSE is the mean over
-            ``[NUM]`` targets in scaled units, an exact 0 (with a graph) when there are none.
+            :class:`XValOutput`: ``loss`` = CE (all tokens, ``[NUM]`` included) +
+            ``config.mse_weight``·MSE, where MSE is the mean over ``[NUM]`` targets in scaled
+            units, an exact 0 (with a graph) when there are none.
         """
         dec_ids = shift_right(labels, self.start_id)
         label_mult = self.multipliers(labels.clamp_min(0), label_values)
         dec_values = shift_right(label_mult, 1.0)
-        logits, hidden = self(
-            input_ids, attention_mask, dec_ids,
-            input_values=self.multipliers(input_ids, input_values), decoder_values=dec_values,
-        )
+        enc = self.encode(input_ids, attention_mask, self.multipliers(input_ids, input_values))
+        logits, hidden, _ = self.decode(enc, attention_mask, dec_ids, dec_values)
         ce = nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
         )
@@ -214,7 +264,8 @@ class XValT5(NumberT5):
             mse = ((pred - label_mult.float()) ** 2)[is_num].mean()
         else:
             mse = pred.sum() * 0.0
-        return {"loss": ce + mse_weight * mse, "ce": ce, "mse": mse}
+        loss = ce + self.config.mse_weight * mse
+        return XValOutput(loss=loss, ce=ce, mse=mse, logits=logits, number_values=pred)
 
     def generate_values(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, input_values: torch.Tensor,
