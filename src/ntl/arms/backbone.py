@@ -3,6 +3,7 @@ and seed, the tokens their decoders never generate, and the device their models 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ntl.config import Profile
@@ -18,6 +19,17 @@ def backbone_config(profile: Profile, tokenizer: Any, arm: str) -> dict[str, Any
         raise ValueError(f"arm {arm!r} needs a T5 (encoder-decoder) model, got {profile.model!r}")
     ids = special_token_ids(tokenizer)
     return t5_config_kwargs(spec, model_vocab_size(tokenizer), pad=ids["pad"], eos=ids["eos"])
+
+
+def prediction_setup(
+    recipe: Any, model: Any, tokenizer: Any, questions: Sequence[str], max_source_length: int
+) -> tuple[list[dict[str, Any]], Any, Any]:
+    """What an encoding arm's generation loop starts from: the questions' features, the model's
+    device and the logits filter that bans tokens the answer never holds."""
+    profile = Profile(max_source_length=max_source_length)
+    feats = recipe.features([{"question": q} for q in questions], tokenizer, profile, False)
+    device = next(model.parameters()).device
+    return feats, device, logits_filter(banned_ids(tokenizer, model.config.vocab_size), device)
 
 
 def banned_ids(tokenizer: Any, vocab_size: int) -> list[int]:

@@ -99,12 +99,9 @@ class RegressionCollator:
     def __call__(self, feats):
         import torch
 
-        from ntl.encodings.common import pad
+        from ntl.encodings.common import pad_inputs
 
-        batch = {
-            "input_ids": pad([f["input_ids"] for f in feats], self.pad_token_id),
-            "attention_mask": pad([[1] * len(f["input_ids"]) for f in feats], 0),
-        }
+        batch = pad_inputs(feats, self.pad_token_id)
         if feats and "labels" in feats[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in feats], dtype=torch.float64)
         return batch

@@ -101,15 +101,11 @@ class RTRecipe(ArmRecipe):
 
     def predict(self, model, tokenizer, questions, *, batch_size, num_beams, max_new_tokens,
                 max_source_length, progress, desc):
-        from ntl.arms.backbone import banned_ids, logits_filter
-        from ntl.config import Profile
+        from ntl.arms.backbone import prediction_setup
         from ntl.encodings.common import cut_at_eos
         from ntl.encodings.rt import rt_to_text
 
-        profile = Profile(max_source_length=max_source_length)
-        feats = self.features([{"question": q} for q in questions], tokenizer, profile, False)
-        device = next(model.parameters()).device
-        keep_out = logits_filter(banned_ids(tokenizer, model.config.vocab_size), device)
+        feats, device, keep_out = prediction_setup(self, model, tokenizer, questions, max_source_length)
         special = set(tokenizer.all_special_ids)
         eos, pad = model.eos_id, model.pad_id
 

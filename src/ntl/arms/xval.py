@@ -91,15 +91,11 @@ class XValRecipe(ArmRecipe):
 
     def predict(self, model, tokenizer, questions, *, batch_size, num_beams, max_new_tokens,
                 max_source_length, progress, desc):
-        from ntl.arms.backbone import banned_ids, logits_filter
-        from ntl.config import Profile
+        from ntl.arms.backbone import prediction_setup
         from ntl.encodings.common import cut_at_eos
         from ntl.encodings.xval import decode_text
 
-        profile = Profile(max_source_length=max_source_length)
-        feats = self.features([{"question": q} for q in questions], tokenizer, profile, False)
-        device = next(model.parameters()).device
-        keep_out = logits_filter(banned_ids(tokenizer, model.config.vocab_size), device)
+        feats, device, keep_out = prediction_setup(self, model, tokenizer, questions, max_source_length)
         eos, pad = model.eos_id, model.pad_id
 
         def answer(batch):
@@ -127,11 +123,10 @@ class XValCollator:
     def __call__(self, feats):
         import torch
 
-        from ntl.encodings.common import IGNORE_INDEX, pad
+        from ntl.encodings.common import IGNORE_INDEX, pad, pad_inputs
 
         batch = {
-            "input_ids": pad([f["input_ids"] for f in feats], self.pad_token_id),
-            "attention_mask": pad([[1] * len(f["input_ids"]) for f in feats], 0),
+            **pad_inputs(feats, self.pad_token_id),
             "input_values": pad([f["input_values"] for f in feats], math.nan, torch.float64),
         }
         if feats and "labels" in feats[0]:

@@ -129,6 +129,14 @@ def pad(seqs: Sequence[Sequence[Any]], value: Any, dtype: torch.dtype = torch.lo
     return out
 
 
+def pad_inputs(feats: Sequence[Any], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """``input_ids`` right-padded with ``pad_token_id`` and their ``attention_mask``, (B, T) each."""
+    return {
+        "input_ids": pad([f["input_ids"] for f in feats], pad_token_id),
+        "attention_mask": pad([[1] * len(f["input_ids"]) for f in feats], 0),
+    }
+
+
 def shift_right(x: torch.Tensor, start: float | int) -> torch.Tensor:
     """(B, T) -> (B, T): ``start`` then ``x[:, :-1]`` (teacher-forcing decoder inputs);
     ``-100`` entries (padding labels) become 0, which the causal mask never lets matter."""
