@@ -73,8 +73,8 @@ def train(out: Path, *, average_tokens: bool = True, logits_free: bool = False) 
     from transformers import TrainingArguments
 
     from ntl import CrossEntropyWithNTL, NumberVocab
-    from ntl.data.collate import Collator, EncodedDataset, encode, pad_id
     from ntl.integrations.hf import NTLTrainer
+    from ntl.lab.data.collate import Collator, EncodedDataset, encode, pad_id
 
     torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", "1"))

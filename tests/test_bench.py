@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ntl.bench import FUSED_CASES, LINEAR_CASES, LOGITS_FREE_ARMS, to_markdown
 from ntl.cli import main
+from ntl.lab.bench import FUSED_CASES, LINEAR_CASES, LOGITS_FREE_ARMS, to_markdown
 
 pytest.importorskip("ntloss")
 pytest.importorskip("transformers")

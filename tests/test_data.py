@@ -1,4 +1,4 @@
-"""Tests of the offline math data stage (ntl.data): compat shim, splits, determinism, cache, CLI.
+"""Tests of the offline math data stage (ntl.lab.data): compat shim, splits, determinism, cache, CLI.
 
 Counts are tiny so the whole file runs in a few seconds on one core.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ntl.data import _compat
-from ntl.data import mathematics as m
-from ntl.data.mathematics import (
+from ntl.lab.data import _compat
+from ntl.lab.data import mathematics as m
+from ntl.lab.data.mathematics import (
     EXTRAPOLATE_MODULES,
     TRAIN_MODULES,
     DataSpec,
@@ -134,7 +134,7 @@ def test_deterministic_across_processes(tmp_path: Path) -> None:
     )
     here = generate(spec, out_dir=tmp_path / "here")["train"].read_bytes()
     code = (
-        "import sys; from ntl.data.mathematics import DataSpec, generate; "
+        "import sys; from ntl.lab.data.mathematics import DataSpec, generate; "
         "spec = DataSpec(modules=('algebra__linear_1d_composed',), seed=0, n_train=30, "
         "n_valid=0, n_interpolate=0, n_extrapolate=0); "
         "print(generate(spec, out_dir=sys.argv[1])['train'])"
@@ -288,7 +288,7 @@ def test_spec_validation_names_bad_value_and_fix() -> None:
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from ntl.data import cli
+    from ntl.lab.data import cli
 
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     cli.add_arguments(parser)
@@ -325,7 +325,7 @@ def test_test_splits_scale_with_the_training_entropy(tmp_path: Path) -> None:
     in its (3, 10) (add_or_sub: 12 in (4, 16)), extrapolate beyond 6 by the same fraction as the
     generator's beyond 10 (16-20 beyond 16), *_longer one to three terms beyond the longest
     training expression at entropy 6."""
-    from ntl.config import SMALL
+    from ntl.lab.config import SMALL
 
     spec = dataclasses.replace(SMALL.data_spec(), n_train=30, n_valid=5, n_interpolate=30, n_extrapolate=30)
     paths = m.generate(spec, tmp_path)

@@ -66,7 +66,7 @@ def test_ntl_trainer_ddp_matches_single_process(tmp_path):
     w = ddp_trainer_worker
     # The processes' shares of number targets differ: a per-process NTL denominator would not do.
     from ntl import NumberVocab
-    from ntl.data.collate import encode
+    from ntl.lab.data.collate import encode
 
     tok = w.tokenizer()
     vocab = NumberVocab.from_tokenizer(tok, mode="digits", vocab_size=len(tok))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ntl import CrossEntropyWithNTL, NumberVocab
-from ntl.bench import _spawn
+from ntl.lab.bench import _spawn
 from ntl.losses import functional as F
 from ntl.losses import fused
 

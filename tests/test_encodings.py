@@ -1,5 +1,5 @@
 """The baseline arms: xVal, RT place-value tokens (+NTL), regression head -- their text handling,
-their models, and their training through the same `ntl.train.train_arm` as the token arms."""
+their models, and their training through the same `ntl.lab.train.train_arm` as the token arms."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from ntl.encodings import ENCODING_ARMS, is_encoding_arm, parse_encoding_arm
-from ntl.encodings import rt as RT
-from ntl.encodings import xval as XV
-from ntl.encodings.common import format_value, mask_numbers, signed_log
-from ntl.metrics import parse_number
+from ntl.lab.encodings import ENCODING_ARMS, is_encoding_arm, parse_encoding_arm
+from ntl.lab.encodings import rt as RT
+from ntl.lab.encodings import xval as XV
+from ntl.lab.encodings.common import format_value, mask_numbers, signed_log
+from ntl.lab.metrics import parse_number
 
 RECORDS = [
     {"module": "add", "question": f"What is {a} + {b}?", "answer": str(round(a + b, 2)), "split": "train"}
@@ -37,7 +37,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tok(load_tok):
     """The token arms' recipe: t5-small made digit-level, restricted to the records' pieces."""
-    from ntl.data.collate import restrict_tokenizer
+    from ntl.lab.data.collate import restrict_tokenizer
     from ntl.numbers import split_digits
 
     texts = [r[k] for r in RECORDS for k in ("question", "answer")]
@@ -180,7 +180,7 @@ def test_xval_encode_texts(xval_tok):
 
 
 def _tiny_xval(xval_tok):
-    from ntl.models import model_vocab_size, special_token_ids, t5_config_kwargs
+    from ntl.lab.models import model_vocab_size, special_token_ids, t5_config_kwargs
 
     ids = special_token_ids(xval_tok)
     config = XV.XValConfig(num_token_id=XV.num_id(xval_tok), **t5_config_kwargs(
@@ -280,7 +280,7 @@ def test_xval_loss_parts(xval_tok, tmp_path):
 
 
 def test_rt_model_saves_its_numeric_encoding(rt_tok, tmp_path):
-    from ntl.models import model_vocab_size, special_token_ids, t5_config_kwargs
+    from ntl.lab.models import model_vocab_size, special_token_ids, t5_config_kwargs
 
     ids = special_token_ids(rt_tok)
     token_ids = dict(zip(RT.RT_TOKENS, rt_tok.convert_tokens_to_ids(list(RT.RT_TOKENS))))
@@ -309,11 +309,11 @@ def _data(tmp_path) -> dict:
 
 @pytest.mark.parametrize("arm", ["xval", "rt", "rt+ntl", "regression-head"])
 def test_arm_trains_and_evaluates_through_train_arm(arm, tmp_path):
-    """The baselines train through ntl.train.train_arm (the HF Trainer: checkpoints in
-    safetensors, logs with the loss parts) and evaluate through ntl.evaluate.evaluate_run."""
-    from ntl.config import Profile
-    from ntl.evaluate import evaluate_run, is_evaluated
-    from ntl.train import is_trained, train_arm
+    """The baselines train through ntl.lab.train.train_arm (the HF Trainer: checkpoints in
+    safetensors, logs with the loss parts) and evaluate through ntl.lab.evaluate.evaluate_run."""
+    from ntl.lab.config import Profile
+    from ntl.lab.evaluate import evaluate_run, is_evaluated
+    from ntl.lab.train import is_trained, train_arm
 
     profile = Profile(model="t5-micro", max_steps=24, batch_size=8, lr=3e-3, warmup_steps=0,
                       logging_steps=4, save_steps=12, eval_splits=("valid", "extrapolate"),

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import ntl.evaluate as evaluate
-from ntl.config import resolve
-from ntl.evaluate import evaluate_run, is_evaluated, select_examples
-from ntl.train import train_arm
+import ntl.lab.evaluate as evaluate
+from ntl.lab.config import resolve
+from ntl.lab.evaluate import evaluate_run, is_evaluated, select_examples
+from ntl.lab.train import train_arm
 
 SPLITS = ("valid", "interpolate", "extrapolate")
 
@@ -90,7 +90,7 @@ def test_eval_subset_and_beams(trained):
 
 def test_metrics_from_parsed_predictions():
     """Scoring: exact answers count as matches, unparseable ones as invalid."""
-    from ntl.metrics import metrics_by_module
+    from ntl.lab.metrics import metrics_by_module
 
     records = [{"module": "m", "question": f"q{i}", "answer": a}
                for i, a in enumerate(["42", "41", "7", "0.5"])]

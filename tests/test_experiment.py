@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from ntl.config import FINETUNE, PAPER, PROFILES, QUICK, SMALL, Profile, override, parse_sets, resolve
-from ntl.experiment import run_experiment
+from ntl.lab.config import FINETUNE, PAPER, PROFILES, QUICK, SMALL, Profile, override, parse_sets, resolve
+from ntl.lab.experiment import run_experiment
 
 TINY = {
     "model": "t5-micro",
@@ -107,7 +107,7 @@ def test_experiment_cli_help():
 
 
 def test_arms_by_commas_or_spaces_and_clear_errors(tmp_path):
-    from ntl.experiment import add_arguments, profile_from_args
+    from ntl.lab.experiment import add_arguments, profile_from_args
 
     def arms_of(*given: str) -> tuple[str, ...]:
         parser = argparse.ArgumentParser()
@@ -181,7 +181,7 @@ def test_finetune_trains_each_base_once_and_every_arm_from_it(tmp_path, capsys):
 
 
 def test_finetune_refuses_arms_that_cannot_start_from_the_base():
-    from ntl.experiment import add_arguments, profile_from_args
+    from ntl.lab.experiment import add_arguments, profile_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ntl.config import resolve
-from ntl.file_checks import CorruptFileError, check_safetensors
-from ntl.train import train_arm
+from ntl.lab.config import resolve
+from ntl.lab.file_checks import CorruptFileError, check_safetensors
+from ntl.lab.train import train_arm
 
 TINY = {"model": "t5-micro", "batch_size": 8, "lr": 1e-2, "warmup_steps": 0, "logging_steps": 2,
         "threads": 1, "max_steps": 4, "save_steps": 2, "save_total_limit": None,
@@ -81,7 +81,7 @@ def test_truncated_data_file(tmp_path, data_dir):
 
 
 def test_corrupt_line_and_short_split_of_a_data_cache(tmp_path):
-    from ntl.data.mathematics import load_split
+    from ntl.lab.data.mathematics import load_split
 
     path = tmp_path / "train.jsonl"
     _write(path, 6, 0)
@@ -127,7 +127,7 @@ def test_checkpoint_without_trainer_state(tmp_path, trained, data_dir):
 
 
 def test_truncated_final_weights(tmp_path, trained):
-    from ntl.evaluate import evaluate_run
+    from ntl.lab.evaluate import evaluate_run
 
     run = tmp_path / "ce" / "seed0"
     shutil.copytree(trained, run)
@@ -152,7 +152,7 @@ def test_safetensors_check_reads_the_header_only(tmp_path, trained):
 
 # ---------------------------------------------------------------------- experiment.json
 def _experiment_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
-    from ntl.experiment import add_arguments
+    from ntl.lab.experiment import add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -161,7 +161,7 @@ def _experiment_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
 
 
 def test_experiment_json_from_another_profile(tmp_path, capsys):
-    from ntl.experiment import run
+    from ntl.lab.experiment import run
 
     run_dir = tmp_path / "runs" / "x"
     (run_dir / "ce" / "seed0").mkdir(parents=True)

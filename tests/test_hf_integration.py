@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from ntl import CrossEntropyWithNTL, NumberVocab
-from ntl.data.collate import Collator, EncodedDataset, encode, restrict_tokenizer
 from ntl.integrations.hf import (
     NTLLogCallback,
     NTLLossFunc,
@@ -19,7 +18,8 @@ from ntl.integrations.hf import (
     make_compute_loss_func,
     shift_labels,
 )
-from ntl.models import build_model, model_vocab_size
+from ntl.lab.data.collate import Collator, EncodedDataset, encode, restrict_tokenizer
+from ntl.lab.models import build_model, model_vocab_size
 from ntl.numbers import load_tokenizer, split_digits
 from tests.conftest import TOKENIZERS
 

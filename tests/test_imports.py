@@ -102,8 +102,8 @@ def test_the_graph_sees_lazy_and_relative_imports():
     graph = import_graph()
     # `from ntl.losses import functional` names a submodule
     assert "ntl.losses.functional" in graph["ntl.losses.fused"]
-    assert "ntl.arms" in graph["ntl.train"]  # imported inside train_arm
-    assert "ntl.metrics" in graph["ntl.report"]
+    assert "ntl.lab.arms" in graph["ntl.lab.train"]  # imported inside train_arm
+    assert "ntl.lab.metrics" in graph["ntl.lab.report"]
 
 
 def test_no_import_circles():

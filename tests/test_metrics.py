@@ -1,4 +1,4 @@
-"""Tests for ntl.metrics: answer parsing, exact match and metrics against hand-computed values."""
+"""Tests for ntl.lab.metrics: answer parsing, exact match and metrics against hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from ntl.metrics import (
+from ntl.lab.metrics import (
     METRIC_NAMES,
     compute_metrics,
     dumps_json,
@@ -243,7 +243,7 @@ def test_metrics_by_module() -> None:
 
 
 def test_paper_accuracy_differs_from_exact_match_where_it_should():
-    from ntl.metrics import is_paper_correct, paper_number
+    from ntl.lab.metrics import is_paper_correct, paper_number
 
     # a last-digit error on a 10-digit answer: wrong for us, right under np.isclose(rtol=1e-5)
     assert not is_exact_match("1234567891", "1234567890")
@@ -270,7 +270,7 @@ def test_metrics_by_module_reads_the_paper_number_from_the_text():
 
 
 def test_paired_difference_is_paired():
-    from ntl.metrics import paired_difference
+    from ntl.lab.metrics import paired_difference
 
     def rec(q, pred):
         return {"module": "m", "question": q, "answer": "1", "prediction": pred,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ntl.data.collate import (
+from ntl.lab.data.collate import (
     IGNORE_INDEX,
     Collator,
     EncodedDataset,
@@ -14,7 +14,7 @@ from ntl.data.collate import (
     epoch_order,
     restrict_tokenizer,
 )
-from ntl.models import (
+from ntl.lab.models import (
     MODEL_SIZES,
     build_model,
     count_parameters,

@@ -218,7 +218,7 @@ def test_names_do_not_resolve_to_the_test_fixtures(monkeypatch):
 
 
 def test_lab_resolves_profile_names_in_one_place(monkeypatch, tmp_path):
-    from ntl import lab_tokenizers
+    from ntl.lab import lab_tokenizers
 
     monkeypatch.setenv(lab_tokenizers.ENV_VAR, str(TOKENIZERS))
     assert lab_tokenizers.resolve("t5-small") == str(TOKENIZERS / "t5-small")

@@ -1,4 +1,4 @@
-"""Tests for ntl.report on a run directory written by the test (2 arms x 2 seeds, real files)."""
+"""Tests for ntl.lab.report on a run directory written by the test (2 arms x 2 seeds, real files)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ntl.metrics import METRIC_NAMES, write_json
-from ntl.report import add_arguments, aggregate_seeds, build_report, order_arms, run
+from ntl.lab.metrics import METRIC_NAMES, write_json
+from ntl.lab.report import add_arguments, aggregate_seeds, build_report, order_arms, run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -186,7 +186,7 @@ def test_paired_differences_to_ce(run_dir: Path) -> None:
 
 
 def test_paper_rows_for_our_arm_names() -> None:
-    from ntl.paper import paper_row
+    from ntl.lab.paper import paper_row
 
     assert paper_row("rt+ntl")[0] == "RT + NTL-MSE"
     assert paper_row("xval")[1]["extrapolate"]["acc"] == 0.0
@@ -196,7 +196,7 @@ def test_paper_rows_for_our_arm_names() -> None:
 
 
 def test_every_arm_gets_its_own_colour() -> None:
-    from ntl.report import _arm_colors
+    from ntl.lab.report import _arm_colors
 
     for n in (3, 10, 11, 20):
         colors = _arm_colors(n)
@@ -252,7 +252,7 @@ def test_order_arms_and_aggregate_helpers() -> None:
 
 
 def test_t_interval_clipped_to_metric_range() -> None:
-    from ntl.report import METRIC_BOUNDS
+    from ntl.lab.report import METRIC_BOUNDS
 
     agg = aggregate_seeds([{"value": 0.0, "lo": 0.0, "hi": 0.01},
                            {"value": 0.1, "lo": 0.05, "hi": 0.15}],

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ntl.config import resolve
-from ntl.train import is_trained, last_checkpoint, parse_arm, train_arm
+from ntl.lab.config import resolve
+from ntl.lab.train import is_trained, last_checkpoint, parse_arm, train_arm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -229,7 +229,7 @@ def test_parse_arm_variants():
 
 @pytest.mark.parametrize("arm", ["ce+ntl-was:multidigit", "ce+ntl-was:decoder"])
 def test_variant_arms_train_and_evaluate(tmp_path, data_dir, arm):
-    from ntl.evaluate import evaluate_run
+    from ntl.lab.evaluate import evaluate_run
 
     profile = resolve("quick", {**TINY, "max_steps": 30, "save_steps": 30})
     out = tmp_path / arm / "seed0"

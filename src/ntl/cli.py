@@ -18,12 +18,12 @@ import sys
 # name -> (module, one-line help). Order is the order of the main job.
 COMMANDS: dict[str, tuple[str, str]] = {
     "vocab": ("ntl.vocab_cli", "show a tokenizer's number tokens, their values and coverage"),
-    "data": ("ntl.data.cli", "generate and cache DeepMind mathematics data (offline)"),
-    "train": ("ntl.train", "train one arm (ce, ce+ntl-was, ...) of an experiment"),
-    "eval": ("ntl.evaluate", "generate answers with a checkpoint and compute number metrics"),
-    "report": ("ntl.report", "collect metrics of a run into results.json, report.md and plots"),
-    "experiment": ("ntl.experiment", "the main job: data -> train every arm -> eval -> report"),
-    "bench": ("ntl.bench", "time and memory of CE vs CE+NTL (plain, fused, ntloss), as ratios"),
+    "data": ("ntl.lab.data.cli", "generate and cache DeepMind mathematics data (offline)"),
+    "train": ("ntl.lab.train", "train one arm (ce, ce+ntl-was, ...) of an experiment"),
+    "eval": ("ntl.lab.evaluate", "generate answers with a checkpoint and compute number metrics"),
+    "report": ("ntl.lab.report", "collect metrics of a run into results.json, report.md and plots"),
+    "experiment": ("ntl.lab.experiment", "the main job: data -> train every arm -> eval -> report"),
+    "bench": ("ntl.lab.bench", "time and memory of CE vs CE+NTL (plain, fused, ntloss), as ratios"),
     "explore": ("ntl.explore", "write an interactive HTML page that shows CE and every NTL on a "
                 "distribution you drag"),
 }

@@ -1,0 +1,233 @@
+"""Evaluate a trained arm: generate answers, parse the numbers, compute metrics per split and module.
+
+Usage: ``ntl eval runs/NAME/ARM/seedK [--splits valid interpolate extrapolate] [--num-beams 4]``.
+
+Reads ``train_config.json`` (data files, profile) and the model in ``final/`` (or
+``--checkpoint checkpoint-<step>``), generates answers greedily (or with beams) in batches,
+parses them with :func:`ntl.lab.metrics.parse_number` and writes ``eval/<split>.jsonl``
+(``{"module", "question", "answer", "prediction", "parsed", "valid"}``) and ``eval/metrics.json``
+(``{split: {"overall": METRICS, "per_module": {module: METRICS}}}``). Generation is
+deterministic: evaluating the same checkpoint again gives the same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SPLITS = ("valid", "interpolate", "extrapolate")
+
+
+def select_examples(records: Sequence[Mapping[str, Any]], max_examples: int | None) -> list[int]:
+    """Indices of the examples to evaluate: all, or a fixed subset of ``max_examples`` (seeded
+    with 0, in file order) — the same subset for every arm and seed."""
+    n = len(records)
+    if max_examples is None or max_examples >= n:
+        return list(range(n))
+    import numpy as np
+
+    return sorted(np.random.default_rng(0).choice(n, size=max_examples, replace=False).tolist())
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    *,
+    splits: Sequence[str] | None = None,
+    checkpoint: str | None = None,
+    num_beams: int | None = None,
+    batch_size: int | None = None,
+    max_examples: int | None = -1,
+    max_new_tokens: int | None = None,
+    n_boot: int | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the arm in ``run_dir`` on ``splits``; write ``eval/`` and return the metrics.
+
+    Args:
+        run_dir: ``runs/<name>/<arm>/seed<k>`` (with ``train_config.json`` and ``final/``).
+        splits: data splits to evaluate (default: the profile's ``eval_splits``); splits
+            without a data file or with no examples are skipped.
+        checkpoint: a ``checkpoint-<step>`` folder name inside ``run_dir`` instead of ``final``.
+        num_beams, batch_size, max_new_tokens, n_boot: default to the profile's values.
+        max_examples: examples per split (a fixed subset); ``-1`` = the profile's
+            ``eval_max_examples``, ``None`` = all.
+        out_dir: where to write (default ``run_dir/eval``, or ``run_dir/eval-<checkpoint>``).
+
+    Returns:
+        ``{split: {"overall": METRICS, "per_module": {...}}}`` as written to ``metrics.json``.
+    """
+    import torch
+
+    from ntl.lab.arms import resolve_arm
+    from ntl.lab.data.mathematics import load_split
+    from ntl.lab.metrics import metrics_by_module, parse_number, write_json
+    from ntl.lab.tokenization import load_prepared_tokenizer
+
+    run = Path(run_dir)
+    cfg_path = run / "train_config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no train_config.json in {run}: is it a trained arm folder?")
+    cfg = json.loads(cfg_path.read_text())
+    profile = cfg.get("profile", {})
+    recipe = resolve_arm(cfg["arm"], float(profile.get("lam", 0.3)))
+    model_dir = run / (checkpoint or "final")
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"no saved model in {model_dir}; train first (ntl train)")
+    splits = list(splits or profile.get("eval_splits") or DEFAULT_SPLITS)
+    num_beams = num_beams or int(profile.get("num_beams", 1))
+    if num_beams > 1 and recipe.greedy_only:
+        print(f"[ntl eval] {cfg['arm']}: greedy decoding (num_beams={num_beams} ignored)", file=sys.stderr)
+        num_beams = 1
+    batch_size = batch_size or int(profile.get("eval_batch_size", 256))
+    max_new_tokens = max_new_tokens or int(profile.get("max_new_tokens", 32))
+    n_boot = int(profile.get("n_boot", 1000)) if n_boot is None else n_boot
+    if max_examples == -1:
+        max_examples = profile.get("eval_max_examples")
+    if profile.get("threads"):
+        torch.set_num_threads(int(profile["threads"]))
+    out = Path(out_dir) if out_dir else run / ("eval" if checkpoint is None else f"eval-{checkpoint}")
+
+    tokenizer = load_prepared_tokenizer(
+        model_dir if (model_dir / "tokenizer.json").is_file() else cfg["tokenizer"]
+    )
+    model = recipe.load_model(model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, Any] = {}
+    for split in splits:
+        path = cfg.get("data", {}).get(split)
+        if not path or not Path(path).is_file():
+            print(f"[ntl eval] no {split} data for {run}; skipped", file=sys.stderr)
+            continue
+        records = load_split(path)
+        keep = [
+            i
+            for i in select_examples(records, max_examples)
+            if parse_number(str(records[i]["answer"])) is not None
+        ]
+        if not keep:
+            continue
+        chosen = [records[i] for i in keep]
+        predictions = recipe.predict(
+            model,
+            tokenizer,
+            [str(r["question"]) for r in chosen],
+            batch_size=batch_size,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            max_source_length=int(profile.get("max_source_length", 160)),
+            progress=progress,
+            desc=f"eval {split}",
+        )
+        rows = score_rows(chosen, predictions)
+        tmp = out / f".{split}.jsonl.tmp"
+        with tmp.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, out / f"{split}.jsonl")
+        metrics[split] = metrics_by_module(rows, n_boot=n_boot, seed=0)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def score_rows(
+    records: Sequence[Mapping[str, Any]], predictions: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One ``eval/<split>.jsonl`` row per record: ``{"module", "question", "answer",
+    "prediction", "parsed", "valid"}``, ``parsed`` being :func:`ntl.lab.metrics.parse_number` of the
+    prediction (None when it is not one number) and ``valid`` whether it parsed."""
+    from ntl.lab.metrics import parse_number
+
+    if len(records) != len(predictions):
+        raise ValueError(f"{len(records)} records but {len(predictions)} predictions")
+    rows = []
+    for r, pred in zip(records, predictions):
+        parsed = parse_number(pred)
+        rows.append({"module": r["module"], "question": r["question"], "answer": r["answer"],
+                     "prediction": pred, "parsed": parsed, "valid": parsed is not None})
+    return rows
+
+
+def is_evaluated(run_dir: str | os.PathLike[str], splits: Sequence[str]) -> bool:
+    """True when ``run_dir/eval/metrics.json`` exists, is newer than ``final/`` and covers
+    ``splits`` (those with data)."""
+    run = Path(run_dir)
+    path = run / "eval" / "metrics.json"
+    final = run / "final" / "config.json"
+    if not path.is_file() or not final.is_file():
+        return False
+    if path.stat().st_mtime < final.stat().st_mtime:
+        return False
+    try:
+        done = json.loads(path.read_text())
+        cfg = json.loads((run / "train_config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    wanted = [s for s in splits if cfg.get("data", {}).get(s)]
+    return all(s in done for s in wanted)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``ntl eval``."""
+    parser.add_argument("run_dir", help="an arm's run folder, runs/<name>/<arm>/seed<k>")
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=None,
+        help="splits to evaluate (default: the profile's eval_splits: valid interpolate extrapolate)",
+    )
+    parser.add_argument("--checkpoint", default=None, help="evaluate checkpoint-<step> instead of final/")
+    parser.add_argument(
+        "--num-beams", type=int, default=None, help="beam width (1 = greedy; default: profile)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="generation batch size (default: profile)"
+    )
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        default=-1,
+        help="examples per split, a fixed subset (-1: the profile's eval_max_examples; 0: all)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit in tokens")
+    parser.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates for the CIs")
+    parser.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``ntl eval``."""
+    from ntl.lab.file_checks import CorruptFileError
+
+    try:
+        metrics = _evaluate_from_args(args)
+    except CorruptFileError as exc:
+        print(f"ntl eval: {exc}", file=sys.stderr)  # names the file and the fix
+        return 2
+    for split, m in metrics.items():
+        o = m["overall"]
+        print(
+            f"{split:12s} n={o['n']:5d}  exact_match={o['exact_match']['value']:.3f}  "
+            f"log_mae={o['log_mae']['value']:.3f}  invalid={o['invalid_rate']['value']:.3f}"
+        )
+    return 0
+
+
+def _evaluate_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return evaluate_run(
+        args.run_dir,
+        splits=args.splits,
+        checkpoint=args.checkpoint,
+        num_beams=args.num_beams,
+        batch_size=args.batch_size,
+        max_examples=None if args.max_examples == 0 else args.max_examples,
+        max_new_tokens=args.max_new_tokens,
+        n_boot=args.n_boot,
+        out_dir=args.out,
+        progress=not args.no_progress,
+    )
