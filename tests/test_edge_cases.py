@@ -10,15 +10,7 @@ from ntl import CrossEntropyWithNTL, NumberVocab
 from ntl.lab.bench import _spawn
 from ntl.losses import functional as F
 from ntl.losses import fused
-
-V = 60
-
-
-def _digit_vocab() -> NumberVocab:
-    tok = {f"t{i}": i for i in range(40)}
-    tok.update({str(d): 40 + d for d in range(10)})
-    tok.update({".": 50, "-": 51})
-    return NumberVocab.from_vocab(tok, vocab_size=V)
+from tests.vocabs import V, digit_vocab
 
 
 def _labels(vocab: NumberVocab, n: int, seed: int = 0) -> torch.Tensor:
@@ -36,7 +28,7 @@ def _labels(vocab: NumberVocab, n: int, seed: int = 0) -> torch.Tensor:
 def test_linear_path_large_logits_equal_materialized():
     """With logits of std ~30 most rows have CE > 69 nats (exact recomputation): the logits-free
     path still equals CE + NTL on materialized logits, values and gradients."""
-    vocab = _digit_vocab()
+    vocab = digit_vocab()
     g = torch.Generator().manual_seed(1)
     n, d = 200, 16
     hidden = (8 * torch.randn(n, d, generator=g, dtype=torch.float64)).requires_grad_(True)
@@ -70,7 +62,7 @@ def test_linear_path_large_logits_memory_is_one_chunk():
 # ---------------------------------------------------------------- number-level: long numbers
 @pytest.mark.parametrize("digits", [39, 60, 400])
 def test_number_level_long_digit_runs_stay_finite(digits):
-    vocab = _digit_vocab()
+    vocab = digit_vocab()
     g = torch.Generator().manual_seed(0)
     run = 40 + torch.randint(1, 10, (digits,), generator=g)
     labels = torch.cat([torch.tensor([3, 51]), run, torch.tensor([5, 40 + 7, 6])])[None]
@@ -178,7 +170,7 @@ def _poisoned(kind: str, vocab: NumberVocab):
 @pytest.mark.parametrize("name", ["was", "mse", "huber", "number-level"])
 @pytest.mark.parametrize("reweigh", [False, True])
 def test_rows_that_do_not_count_cannot_poison_the_loss(kind, name, reweigh):
-    vocab = _digit_vocab()
+    vocab = digit_vocab()
     logits, labels, keep = _poisoned(kind, vocab)
     logits.requires_grad_(True)
     out = F.LOSSES[name](logits, labels, vocab, reweigh=reweigh)
@@ -213,7 +205,7 @@ def test_fp16_logits_return_float32_without_overflow(name):
 @pytest.mark.parametrize("reweigh", [False, True])
 @pytest.mark.parametrize("part", ["ce", "ntl"])
 def test_fused_split_backward_bf16_is_as_precise_as_autograd(part, reweigh):
-    vocab = _digit_vocab()
+    vocab = digit_vocab()
     g = torch.Generator().manual_seed(5)
     labels = _labels(vocab, 512).reshape(8, 64)
     logits = (3 * torch.randn(8, 64, V, generator=g)).bfloat16()
@@ -232,7 +224,7 @@ def test_fused_split_backward_bf16_is_as_precise_as_autograd(part, reweigh):
 
 
 def test_second_backward_advice_is_followable():
-    vocab = _digit_vocab()
+    vocab = digit_vocab()
     labels = _labels(vocab, 20).reshape(2, 10)
     logits = torch.randn(2, 10, V, requires_grad=True)
     out = CrossEntropyWithNTL(vocab)(logits, labels)

@@ -10,18 +10,10 @@ import torch.nn.functional as F
 
 from ntl import CrossEntropyWithNTL, NumberVocab
 from ntl.losses import functional, fused
-
-V = 60
-
-
-def _digit_vocab() -> NumberVocab:
-    tok = {f"t{i}": i for i in range(40)}
-    tok.update({str(d): 40 + d for d in range(10)})
-    tok.update({".": 50, "-": 51})
-    return NumberVocab.from_vocab(tok, vocab_size=V)
+from tests.vocabs import V, digit_vocab
 
 
-def _multi_digit_vocab() -> NumberVocab:
+def _multidigit_vocab() -> NumberVocab:
     """Numbers-mode vocabulary with uneven values (0..9, 10, 25, 100, 999), as Llama-3's."""
     tok = {f"t{i}": i for i in range(40)}
     for i, n in enumerate(["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "25", "100",
@@ -30,7 +22,7 @@ def _multi_digit_vocab() -> NumberVocab:
     return NumberVocab.from_vocab(tok, mode="numbers", vocab_size=V)
 
 
-VOCABS = {"digits": _digit_vocab(), "numbers": _multi_digit_vocab()}
+VOCABS = {"digits": digit_vocab(), "numbers": _multidigit_vocab()}
 
 
 def _labels(vocab: NumberVocab, b: int = 3, t: int = 7, seed: int = 0) -> torch.Tensor:

@@ -105,11 +105,9 @@ def _train_and_eval(
     from ntl.lab.progress import run_summary, write_status
 
     if not is_trained(arm_dir):
-        from ntl.lab.encodings import is_encoding_arm
-        from ntl.lab.train import parse_arm
+        from ntl.lab.arms import resolve_arm
 
-        trains = profile if is_encoding_arm(arm) else parse_arm(arm, profile.lam).apply(profile)
-        steps = trains.max_steps
+        steps = resolve_arm(arm, profile.lam).apply(profile).max_steps  # variants change steps
         _log(f"train {key} ({steps} steps)")
         t0 = time.time()
         callbacks = [_parent_watch(parent_pid)] if parent_pid is not None else []
