@@ -10,7 +10,18 @@ import sys
 
 import pytest
 
-from ntl.lab.config import FINETUNE, PAPER, PROFILES, QUICK, SMALL, Profile, override, parse_sets, resolve
+from ntl.lab.config import (
+    NTL_LATE,
+    PAPER,
+    PRETRAINED,
+    PROFILES,
+    QUICK,
+    SMALL,
+    Profile,
+    override,
+    parse_sets,
+    resolve,
+)
 from ntl.lab.experiment import run_experiment
 
 TINY = {
@@ -33,9 +44,14 @@ TINY = {
 
 
 def test_profiles():
-    assert set(PROFILES) == {"quick", "small", "finetune", "paper"}
-    assert FINETUNE.base_steps > 0 and FINETUNE.lr == 1e-4 and FINETUNE.lr_scheduler == "constant"
-    assert len(FINETUNE.seeds) == 3 and FINETUNE.modules == SMALL.modules
+    assert set(PROFILES) == {"quick", "small", "pretrained", "ntl-late", "paper"}
+    assert NTL_LATE.base_steps > 0 and NTL_LATE.lr == 1e-4 and NTL_LATE.lr_scheduler == "constant"
+    assert len(NTL_LATE.seeds) == 3 and NTL_LATE.modules == SMALL.modules
+    # the pretrained base learns other modules than the target; every arm trains the whole task
+    assert PRETRAINED.base_steps > 0 and len(PRETRAINED.seeds) == 3
+    assert not set(PRETRAINED.base_modules) & set(PRETRAINED.modules)
+    assert PRETRAINED.max_steps > PRETRAINED.base_steps and PRETRAINED.warmup_steps > 0
+    assert PRETRAINED.lr_scheduler == "linear" and PRETRAINED.curve_splits
     assert QUICK.arms == ("ce", "ce+ntl-was", "ce+ntl-mse") and len(QUICK.seeds) == 1
     assert len(SMALL.seeds) == 3
     assert (PAPER.model, PAPER.max_steps, PAPER.batch_size, PAPER.lr, PAPER.weight_decay,
@@ -153,7 +169,7 @@ def test_finetune_trains_each_base_once_and_every_arm_from_it(tmp_path, capsys):
 
     sets = {**TINY, "base_steps": 6, "max_steps": 4, "lr": 1e-4, "arms": ["ce", "ce+ntl-was"],
             "seeds": [0], "jobs": 1}
-    profile = resolve("finetune", sets)
+    profile = resolve("ntl-late", sets)
     kw = dict(runs_root=tmp_path / "runs", data_root=tmp_path / "data", progress=False)
     record = run_experiment(profile, "ft", **kw)
     base = tmp_path / "runs" / "bases"
@@ -186,7 +202,7 @@ def test_finetune_refuses_arms_that_cannot_start_from_the_base():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     with pytest.raises(ValueError, match="xval.*own model"):
-        profile_from_args(parser.parse_args(["--profile", "finetune", "--arms", "ce,xval"]))
+        profile_from_args(parser.parse_args(["--profile", "ntl-late", "--arms", "ce,xval"]))
 
 
 def test_console_names_every_run_and_prints_no_raw_logs(tmp_path):

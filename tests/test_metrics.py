@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 
 from ntl.lab.metrics import (
+    INVALID_SCORED_AS,
     METRIC_NAMES,
+    PER_QUESTION_METRICS,
     compute_metrics,
     dumps_json,
     is_exact_match,
+    last_place_unit,
     metrics_by_module,
     parse_number,
+    question_scores,
     signed_log,
     write_json,
 )
@@ -286,3 +290,49 @@ def test_paired_difference_is_paired():
     assert d["log_mae"]["value"] < 0
     with pytest.raises(ValueError, match="differ"):
         paired_difference(arm[:10], base[:11])
+
+
+def test_metrics_over_every_question_count_invalid_answers() -> None:
+    """mae_all / log_mae_all score an invalid answer as predicting 0; valid-only mae drops it."""
+    preds = [1.0, None, 9.0, -4.0]  # exact, invalid, near miss (9 vs 10), sign error (-4 vs 4)
+    targets = [1.0, 50.0, 10.0, 4.0]
+    m = compute_metrics(preds, targets, n_boot=0)
+    assert INVALID_SCORED_AS == 0.0
+    assert m["mae"]["value"] == pytest.approx((0 + 1 + 8) / 3)  # valid only
+    assert m["mae_all"]["value"] == pytest.approx((0 + 50 + 1 + 8) / 4)  # invalid costs |50 - 0|
+    f = {x: math.copysign(math.log10(abs(x) + 1), x) if x else 0.0 for x in (1, 50, 9, 10, 4, -4, 0)}
+    log_all = [0.0, abs(f[50] - f[0]), abs(f[9] - f[10]), abs(f[-4] - f[4])]
+    assert m["log_mae_all"]["value"] == pytest.approx(sum(log_all) / 4)
+    # only 9 vs 10 is off by one unit; the sign error (distance 8) and the invalid one are not
+    assert m["near_miss_rate"]["value"] == pytest.approx(1 / 4)
+    assert m["invalid_rate"]["value"] == pytest.approx(1 / 4)
+
+
+def test_an_arm_cannot_look_better_by_writing_garbage() -> None:
+    """Invalid answers on the hardest questions lower the valid-only MAE, never mae_all."""
+    targets = [1.0, 2.0, 900.0]
+    honest = compute_metrics([1.0, 2.0, 800.0], targets, n_boot=0)
+    garbage = compute_metrics([1.0, 2.0, None], targets, n_boot=0)
+    assert garbage["mae"]["value"] < honest["mae"]["value"]
+    assert garbage["mae_all"]["value"] > honest["mae_all"]["value"]
+
+
+def test_near_miss_is_one_unit_in_the_targets_last_place() -> None:
+    assert last_place_unit(np.array([12.0, 2.5, -0.35, 1e-05, 0.0])).tolist() == pytest.approx(
+        [1.0, 0.1, 0.01, 1e-05, 1.0])
+    preds = [13.0, 2.6, -0.34, 2.4, 11.0, 0.34]
+    targets = [12.0, 2.5, -0.35, 2.5, 12.5, -0.35]
+    m = compute_metrics(preds, targets, n_boot=0)
+    # hits: 13 vs 12, 2.6 vs 2.5, -0.34 vs -0.35, 2.4 vs 2.5; not 11 vs 12.5 (1.5) nor the sign error
+    assert m["near_miss_rate"]["value"] == pytest.approx(4 / 6)
+
+
+def test_question_scores_mean_is_the_metric() -> None:
+    rows = [{"module": "m", "question": f"q{i}", "answer": a, "prediction": p,
+             "parsed": parse_number(p), "valid": parse_number(p) is not None}
+            for i, (a, p) in enumerate([("4", "4"), ("7", "8"), ("-3", "x"), ("10", "-10")])]
+    scores = question_scores(rows)
+    overall = metrics_by_module(rows, n_boot=0)["overall"]
+    for name in PER_QUESTION_METRICS:
+        assert scores[name].shape == (4,)
+        assert scores[name].mean() == pytest.approx(overall[name]["value"]), name

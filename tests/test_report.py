@@ -33,6 +33,9 @@ def _metrics(acc: float, n: int = 200) -> dict:
         "r2": 0.9 + acc / 10,
         "log_mae": 0.5 * (1 - acc),
         "log_r2": 0.95,
+        "mae_all": 11 * (1 - acc),
+        "log_mae_all": 0.6 * (1 - acc),
+        "near_miss_rate": 0.1,
         "invalid_rate": 0.01,
     }
     if acc == 0.2:
@@ -176,10 +179,13 @@ def test_paired_differences_to_ce(run_dir: Path) -> None:
     # seed 0: 50 vs 40 right, seed 1: 56 vs 44, on the same questions
     assert em["per_seed"]["0"]["value"] == pytest.approx(0.10)
     assert em["per_seed"]["1"]["value"] == pytest.approx(0.12)
-    assert em["value"] == pytest.approx(0.11) and em["ci"] == "t" and em["n_seeds"] == 2
+    assert em["value"] == pytest.approx(0.11) and em["n_seeds"] == 2
+    assert em["ci"] == "seeds x questions bootstrap" and em["n_questions"] == 100
     # the arm's extra right answers are exactly the changed ones: every resample favours it
-    assert em["per_seed"]["0"]["lo"] > 0
-    assert paired["splits"]["interpolate"]["log_mae"]["value"] < 0
+    assert em["per_seed"]["0"]["lo"] > 0 and em["lo"] > 0
+    # the t-interval across the two seeds is kept beside the two-way interval
+    assert em["t_lo"] < em["value"] < em["t_hi"]
+    assert paired["splits"]["interpolate"]["log_mae_all"]["value"] < 0
     md = (run_dir / "report.md").read_text()
     assert "## Paired with CE" in md and "+0.110 [" in md and "![paired differences](paired.png)" in md
     assert (run_dir / "paired.png").read_bytes()[:8] == PNG_MAGIC

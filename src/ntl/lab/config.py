@@ -6,12 +6,17 @@
   ``arithmetic__add_or_sub`` at entropy 3-6 (numbers of up to ~4 digits, half of them decimals),
   2000 steps of 64 examples; sized to finish in <= 20 minutes on 2 CPU cores with data
   generation and evaluation (measured figures: docs/benchmarks.md).
-- ``small``: the setting behind README claims: three seeds per arm, three arithmetic modules
-  (50k training examples each) at entropy 3-6, 3000 steps (~1 hour on 2 CPU cores).
-- ``finetune``: the paper's regime at ``small``'s scale: per seed a CE *base* model is trained on
-  half of each module's training examples (cached under ``runs/bases/``, reused by every arm and
-  experiment that shares it), then every arm fine-tunes that base on the other half with the
-  paper's optimizer shape (lr 1e-4, constant, no warm-up).
+- ``small``: three seeds per arm, three arithmetic modules (50k training examples each) at
+  entropy 3-6, 3000 steps (~1 hour on 2 CPU cores), from random initialisation.
+- ``pretrained``: a pretrained model learning a new task, every arm under its own loss for the
+  whole task: per seed a CE *base* is pretrained on other modules (:data:`PRETRAIN_MODULES`,
+  cached under ``runs/bases/``, reused by every arm and experiment that shares it), then every
+  arm trains the full budget (warm-up, linear decay) on ``arithmetic__add_or_sub`` from that
+  base; checkpoints at 1/3 and 2/3 are evaluated too. ``<arm>:scratch`` trains the same budget
+  from random initialisation.
+- ``ntl-late``: NTL switched on for the last ~3% of training (its share of the summed learning
+  rate): per seed a CE base is trained on half of each module's training examples, then every
+  arm trains it 500 more steps on the other half at lr 1e-4, constant.
 - ``paper``: the paper's T5-base recipe (13 modules, 1.05M steps, batch 32, lr 1e-4, AdamW with
   weight decay 0.01, reduce-on-plateau, beam 4): for a GPU, documented and runnable, not run in CI.
 
@@ -46,6 +51,11 @@ class Profile:
     ``base_lr_scheduler``) on the first ``base_fraction`` of each module; the arms then train
     on the rest. ``ntl_label_tokens`` restricts the NTL softmax to the number tokens that occur
     as training labels (the paper's 10 digits with a digit-split tokenizer).
+    With ``base_modules`` the base is *pretrained* instead: on its own data (those modules, all
+    of their training examples, the same difficulty and sizes), and the arms then train the
+    full ``max_steps`` with their own optimizer shape on all of ``modules``, the target task.
+    ``curve_splits`` are evaluated at every checkpoint kept before the end (``save_steps``
+    apart; ``save_total_limit=None`` keeps them all), so reports show each arm along training.
     ``threads`` is torch's intra-op thread count per process (``None``: torch's default, one per
     core); ``jobs`` is how many arm x seed runs ``ntl experiment`` trains and evaluates at once,
     in separate processes. Tiny models run best single-threaded, several at a time: a second
@@ -77,6 +87,7 @@ class Profile:
     lam: float = 0.3
     # ---- warm start: a CE base model per seed, then every arm fine-tunes it
     base_steps: int = 0
+    base_modules: tuple[str, ...] = ()
     base_fraction: float = 0.5
     base_lr: float = 1e-3
     base_warmup_steps: int = 200
@@ -102,6 +113,7 @@ class Profile:
     jobs: int = 1
     # ---- evaluation
     eval_splits: tuple[str, ...] = ("valid", "interpolate", "extrapolate")
+    curve_splits: tuple[str, ...] = ()
     eval_max_examples: int | None = None
     eval_batch_size: int = 256
     num_beams: int = 1
@@ -120,6 +132,15 @@ class Profile:
             "n_extrapolate": self.n_extrapolate,
             "seed": self.data_seed,
         }
+
+    def base_data_spec(self) -> Any:
+        """The data of a pretrained base (``base_modules``), or ``None`` when the base trains on
+        a slice of the arms' own data."""
+        if not self.base_modules:
+            return None
+        from ntl.lab.data.mathematics import DataSpec
+
+        return DataSpec(**{**self.data_spec_kwargs(), "modules": tuple(self.base_modules)})
 
     def data_spec(self) -> Any:
         """The :class:`ntl.lab.data.mathematics.DataSpec` of this profile."""
@@ -195,14 +216,14 @@ SMALL = Profile(
     max_new_tokens=24,
 )
 
-FINETUNE = dataclasses.replace(
+NTL_LATE = dataclasses.replace(
     SMALL,  # the same data distribution, model and batch as ``small``
-    name="finetune",
+    name="ntl-late",
     description=(
-        "the paper's warm-start regime, small scale: per seed a CE base (T5 d=128 3+3 layers, "
-        "3000 steps of 64, lr 1e-3) on half of add_or_sub + add_sub_multiple + mul at entropy "
-        "3-6 (100k each), then each arm fine-tunes it 500 steps on the other half at lr 1e-4 "
-        "constant; 3 seeds"
+        "NTL switched on for the last 500 of 3500 steps (sum of lr 0.05 of 1.55): per seed a "
+        "CE base (T5 d=128 3+3 layers, 3000 steps of 64, lr 1e-3) on half of add_or_sub + "
+        "add_sub_multiple + mul at entropy 3-6 (100k each), then each arm trains it 500 more "
+        "steps on the other half at lr 1e-4 constant; 3 seeds"
     ),
     n_train=100_000,
     base_steps=3_000,
@@ -214,6 +235,45 @@ FINETUNE = dataclasses.replace(
     lr=1e-4,
     warmup_steps=0,
     lr_scheduler="constant",
+)
+
+#: Modules a pretrained base learns from: numbers and arithmetic other than the target task.
+PRETRAIN_MODULES: tuple[str, ...] = (
+    "numbers__place_value",
+    "numbers__round_number",
+    "arithmetic__mul",
+    "algebra__linear_1d",
+)
+
+PRETRAINED = dataclasses.replace(
+    QUICK,
+    name="pretrained",
+    description=(
+        "a pretrained model fine-tuned on a new task, every arm learning the whole task under "
+        "its own loss: per seed a CE base (T5 d=128 3+3 layers) pretrained 1500 steps on "
+        "place_value, round_number, mul and linear_1d, then each arm trains 3000 steps "
+        "(lr 1e-3, warm-up 100, linear decay) on arithmetic__add_or_sub at entropy 3-6, "
+        "evaluated at steps 1000, 2000 and 3000; 3 seeds"
+    ),
+    modules=("arithmetic__add_or_sub",),
+    base_modules=PRETRAIN_MODULES,
+    n_train=60_000,
+    n_valid=1_000,
+    n_interpolate=1_000,
+    n_extrapolate=1_000,
+    seeds=(0, 1, 2),
+    base_steps=1_500,
+    base_lr=1e-3,
+    base_warmup_steps=100,
+    base_lr_scheduler="linear",
+    max_steps=3_000,
+    lr=1e-3,
+    warmup_steps=100,
+    lr_scheduler="linear",
+    save_steps=1_000,
+    save_total_limit=None,
+    curve_splits=("valid",),
+    jobs=2,
 )
 
 PAPER = Profile(
@@ -248,7 +308,7 @@ PAPER = Profile(
     max_new_tokens=32,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, SMALL, FINETUNE, PAPER)}
+PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, SMALL, PRETRAINED, NTL_LATE, PAPER)}
 
 
 def base_profile(profile: Profile) -> Profile:
@@ -265,14 +325,18 @@ def base_profile(profile: Profile) -> Profile:
         lr=profile.base_lr,
         warmup_steps=profile.base_warmup_steps,
         lr_scheduler=profile.base_lr_scheduler,
-        train_slice=(0.0, profile.base_fraction),
+        modules=tuple(profile.base_modules) or profile.modules,
+        train_slice=(0.0, 1.0) if profile.base_modules else (0.0, profile.base_fraction),
         base_steps=0,
+        base_modules=(),
+        curve_splits=(),
     )
 
 
 def arm_profile(profile: Profile) -> Profile:
-    """The profile an arm trains with: after a base stage, the data the base did not see."""
-    if profile.base_steps <= 0:
+    """The profile an arm trains with: after a base stage on a slice of the same data, the data
+    the base did not see; after a pretrained base (``base_modules``), all of the target data."""
+    if profile.base_steps <= 0 or profile.base_modules:
         return profile
     base_profile(profile)  # validates base_fraction
     return dataclasses.replace(profile, train_slice=(profile.base_fraction, 1.0))

@@ -153,12 +153,15 @@ def score_rows(
     return rows
 
 
-def is_evaluated(run_dir: str | os.PathLike[str], splits: Sequence[str]) -> bool:
-    """True when ``run_dir/eval/metrics.json`` exists, is newer than ``final/`` and covers
-    ``splits`` (those with data)."""
+def is_evaluated(
+    run_dir: str | os.PathLike[str], splits: Sequence[str], *, checkpoint: str | None = None
+) -> bool:
+    """True when ``run_dir/eval/metrics.json`` (``eval-<checkpoint>/`` for a checkpoint) exists,
+    is newer than the model it scores (``final/`` or the checkpoint) and covers ``splits``
+    (those with data)."""
     run = Path(run_dir)
-    path = run / "eval" / "metrics.json"
-    final = run / "final" / "config.json"
+    path = run / ("eval" if checkpoint is None else f"eval-{checkpoint}") / "metrics.json"
+    final = run / (checkpoint or "final") / "config.json"
     if not path.is_file() or not final.is_file():
         return False
     if path.stat().st_mtime < final.stat().st_mtime:

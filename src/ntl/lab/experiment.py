@@ -7,7 +7,8 @@ Stages, each skipped when its output is complete (so re-running after a kill res
 
 1. data: ``ntl.lab.data.mathematics.generate`` (cached under ``--data-root``);
 2. tokenizer: one digit-level tokenizer for all arms, in ``runs/NAME/tokenizer/``;
-2b. base (profiles with ``base_steps > 0``, e.g. ``finetune``): one CE base model per seed,
+2b. base (profiles with ``base_steps > 0``, e.g. ``pretrained``): one CE base model per seed
+   (pretrained on its own ``base_modules`` data, or trained on a slice of the arms' data),
    cached in ``RUNS_ROOT/bases/<hash>/seed<k>/`` and reused by every experiment that shares it;
 3. train: every arm x seed (fine-tuning the seed's base when there is one) into
    ``runs/NAME/<arm>/seed<k>/`` (a killed arm resumes from its last
@@ -131,6 +132,8 @@ def _train_and_eval(
     if not evaluate:
         write_status(arm_dir, key=key, phase="done", note="base model, reused by the arms of its seed")
         return stages
+    if profile.curve_splits:
+        evaluate_checkpoints(arm_dir, profile.curve_splits, key, progress)
     if not is_evaluated(arm_dir, profile.eval_splits):
         _log(f"eval {key}")
         write_status(arm_dir, key=key, phase="eval")
@@ -143,6 +146,24 @@ def _train_and_eval(
     em, paper = (row.get(k, math.nan) for k in ("valid_em", "valid_paper_acc"))
     write_status(arm_dir, key=key, phase="done", note=f"valid EM {em:.3f}, paper acc {paper:.3f}")
     return stages
+
+
+def evaluate_checkpoints(arm_dir: Path, splits: Sequence[str], key: str, progress: bool) -> None:
+    """Evaluate every checkpoint kept in ``arm_dir`` before its final step on ``splits`` (into
+    ``eval-checkpoint-<step>/``), skipping those already evaluated: the points along training."""
+    from ntl.lab.evaluate import evaluate_run, is_evaluated
+    from ntl.lab.progress import write_status
+    from ntl.lab.train import checkpoint_folders
+
+    final_step = json.loads((arm_dir / "train_summary.json").read_text())["global_step"]
+    for folder in checkpoint_folders(arm_dir):
+        if int(folder.name.rsplit("-", 1)[1]) >= final_step:
+            continue  # the end is scored by the main evaluation
+        if is_evaluated(arm_dir, splits, checkpoint=folder.name):
+            continue
+        _log(f"eval {key} at {folder.name}")
+        write_status(arm_dir, key=key, phase="eval")
+        evaluate_run(arm_dir, splits=splits, checkpoint=folder.name, progress=progress)
 
 
 def _commands(info: dict[str, Any], command: str | None) -> list[str]:
@@ -260,9 +281,20 @@ def run_experiment(
     log(f"data ready in {data_paths['train'].parent} ({stages['data_s']} s)")
     save()
 
+    base_paths: dict[str, Path] = {}
+    if profile.base_data_spec() is not None:  # a pretrained base: its own data
+        t0 = time.time()
+        base_paths = dict(generate(profile.base_data_spec(), data_root, progress=progress))
+        record["base_data"] = {k: str(v) for k, v in base_paths.items()}
+        stages["base_data_s"] = round(time.time() - t0, 1)
+        log(f"base data ready in {base_paths['train'].parent} ({stages['base_data_s']} s)")
+        save()
+    # every file the tokenizer must cover: the arms' data and the base's
+    all_paths = {**data_paths, **{f"base_{k}": v for k, v in base_paths.items()}}
+
     # 2. tokenizer (one for all arms)
     tok_dir = run_dir / "tokenizer"
-    tokenizer = prepare_tokenizer(profile, data_paths, tok_dir)
+    tokenizer = prepare_tokenizer(profile, all_paths, tok_dir)
     record["tokenizer"] = {"path": str(tok_dir), "size": len(tokenizer)}
     save()
 
@@ -274,9 +306,10 @@ def run_experiment(
 
         bprofile = base_profile(profile)
         for seed in profile.seeds:
-            bases[seed] = base_dir(bprofile, seed, runs_root, data_paths)
+            bases[seed] = base_dir(bprofile, seed, runs_root, all_paths)
             base_tasks.append(dict(profile=bprofile, arm="ce", seed=seed, arm_dir=bases[seed],
-                                   evaluate=False, after_base=False))
+                                   evaluate=False, after_base=False,
+                                   data_paths=base_paths or data_paths))
         record["bases"] = {str(k): str(v) for k, v in bases.items()}
         save()
     aprofile = arm_profile(profile)
@@ -284,12 +317,15 @@ def run_experiment(
     for arm in profile.arms:  # arm-major: if time runs out, the last arms go, not seeds
         scratch = arm.endswith(":scratch")
         for seed in profile.seeds:
-            if arm == "ce:scratch":  # CE from scratch with the base's recipe *is* the base
+            if arm == "ce:scratch" and not profile.base_modules:
+                # CE from scratch with the base's recipe on the same data *is* the base
                 _link(run_dir / arm / f"seed{seed}", bases[seed])
             arm_tasks.append(dict(
-                profile=profile if scratch else aprofile, arm=arm, seed=seed,
+                profile=aprofile if profile.base_modules or not scratch else profile,
+                arm=arm, seed=seed,
                 init_from=bases[seed] / "final" if seed in bases and not scratch else None,
-                after_base=arm == "ce:scratch" or (seed in bases and not scratch),
+                after_base=(arm == "ce:scratch" and not profile.base_modules)
+                or (seed in bases and not scratch),
             ))
     from ntl.lab.progress import Console, run_summary, summary_table, write_status
 
@@ -350,13 +386,14 @@ def _run_tasks(
             bases_left.discard(task["seed"])
 
     def kwargs(task: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in task.items() if k != "after_base"}
+        # a task's own data (a pretrained base's) replaces the experiment's
+        return {"data_paths": data_paths, **{k: v for k, v in task.items() if k != "after_base"}}
 
     jobs = max(1, min(int(jobs), len(order)))
     if jobs == 1:
         while (task := next_ready()) is not None:
-            finished(task, _train_and_eval(run_dir=run_dir, data_paths=data_paths, tok_dir=tok_dir,
-                                           progress=progress, **kwargs(task)))
+            finished(task, _train_and_eval(run_dir=run_dir, tok_dir=tok_dir, progress=progress,
+                                           **kwargs(task)))
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -367,9 +404,8 @@ def _run_tasks(
         pending: dict[Any, dict[str, Any]] = {}
         while order or pending:
             while len(pending) < jobs and (task := next_ready()) is not None:
-                future = pool.submit(_train_and_eval, run_dir=run_dir, data_paths=data_paths,
-                                     tok_dir=tok_dir, progress=False, parent_pid=os.getpid(),
-                                     **kwargs(task))
+                future = pool.submit(_train_and_eval, run_dir=run_dir, tok_dir=tok_dir,
+                                     progress=False, parent_pid=os.getpid(), **kwargs(task))
                 pending[future] = task
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:

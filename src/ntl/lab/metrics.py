@@ -52,8 +52,12 @@ __all__ = [
     "paper_number",
     "is_paper_correct",
     "signed_log",
+    "last_place_unit",
+    "INVALID_SCORED_AS",
     "compute_metrics",
     "paired_difference",
+    "question_scores",
+    "PER_QUESTION_METRICS",
     "metrics_by_module",
     "nan_to_none",
     "none_to_nan",
@@ -70,8 +74,16 @@ METRIC_NAMES: tuple[str, ...] = (
     "r2",
     "log_mae",
     "log_r2",
+    "mae_all",
+    "log_mae_all",
+    "near_miss_rate",
     "invalid_rate",
 )
+
+#: What an invalid answer is scored as in the metrics over every question (``mae_all``,
+#: ``log_mae_all``): the prediction 0, so it costs ``|target|`` (a model cannot improve its MAE by
+#: writing garbage on the questions it would get most wrong).
+INVALID_SCORED_AS: float = 0.0
 
 _NUMBER_RE = re.compile(
     r"""
@@ -191,6 +203,22 @@ def signed_log(x: np.ndarray | float) -> np.ndarray:
     return np.sign(x) * np.log10(np.abs(x) + 1.0)
 
 
+def last_place_unit(target: np.ndarray | float) -> np.ndarray:
+    """One unit in the last place of each target: 1 for integers, 0.1 for ``2.5``, 0.01 for
+    ``-0.35``, read from the shortest decimal form of the float (``3.50`` is ``3.5``: 0.1).
+
+    A *near miss* (:func:`compute_metrics`' ``near_miss_rate``) is a valid answer that is off by
+    exactly this much: for integer answers, ``|pred - target| == 1``. Returns a float64 array.
+    """
+    values = np.asarray(target, dtype=np.float64).reshape(-1)
+    out = np.ones(values.shape, dtype=np.float64)
+    for i, v in enumerate(values):
+        if math.isfinite(v) and v != int(v):
+            text = np.format_float_positional(v, unique=True, trim="-")
+            out[i] = 10.0 ** -len(text.partition(".")[2])
+    return out.reshape(np.shape(target))
+
+
 # --------------------------------------------------------------------------------------------
 # metrics with bootstrap confidence intervals
 # --------------------------------------------------------------------------------------------
@@ -201,22 +229,23 @@ _CHUNK_ELEMENTS = 1_000_000
 
 
 def _stats(
-    pred: np.ndarray, target: np.ndarray, valid: np.ndarray, paper_ok: np.ndarray
+    pred: np.ndarray, target: np.ndarray, valid: np.ndarray, paper_ok: np.ndarray, unit: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """All metrics for each row of (R, n) arrays; ``pred`` is 0 where invalid, ``paper_ok`` the
-    per-example paper-accuracy hits. Returns (R,) arrays.
+    """All metrics for each row of (R, n) arrays; ``pred`` is :data:`INVALID_SCORED_AS` where
+    invalid, ``paper_ok`` the per-example paper-accuracy hits, ``unit`` each target's
+    :func:`last_place_unit`. Returns (R,) arrays.
 
-    Rows with no valid prediction give NaN for the MAE-type metrics; rows whose valid targets are
-    constant (or fewer than two) give NaN R².
+    Rows with no valid prediction give NaN for the valid-only MAE-type metrics; rows whose valid
+    targets are constant (or fewer than two) give NaN R².
     """
     n = target.shape[1]
     v = valid.astype(np.float64)
     n_valid = v.sum(axis=1)
     out: dict[str, np.ndarray] = {}
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["exact_match"] = (valid & (pred == target)).sum(axis=1) / n
-        out["paper_accuracy"] = paper_ok.sum(axis=1) / n
-        out["invalid_rate"] = 1.0 - n_valid / n
+        # means over every question (an invalid answer is the prediction INVALID_SCORED_AS)
+        for key, per_q in _per_question(pred, target, valid, paper_ok, unit).items():
+            out[key] = per_q.sum(axis=1) / n
         for prefix, p, t in (
             ("", pred, target),
             ("log_", signed_log(pred), signed_log(target)),
@@ -240,6 +269,30 @@ def _stats(
         med = 0.5 * (err[rows, lo_i] + err[rows, hi_i]) if n else np.full(len(k), np.nan)
         out["median_ae"] = np.where(k > 0, med, np.nan)
     return out
+
+
+def _per_question(
+    pred: np.ndarray, target: np.ndarray, valid: np.ndarray, paper_ok: np.ndarray, unit: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-question scores (arrays shaped like ``pred``) whose mean over the questions is a
+    metric: exact match, paper accuracy, ``mae_all``, ``log_mae_all``, ``near_miss_rate`` and
+    ``invalid_rate``. ``pred`` holds :data:`INVALID_SCORED_AS` where ``valid`` is false."""
+    err = np.abs(pred - target)
+    return {
+        "exact_match": (valid & (pred == target)).astype(np.float64),
+        "paper_accuracy": paper_ok.astype(np.float64),
+        "mae_all": err,
+        "log_mae_all": np.abs(signed_log(pred) - signed_log(target)),
+        "near_miss_rate": (valid & np.isclose(err, unit, rtol=1e-6, atol=0.0)).astype(np.float64),
+        "invalid_rate": (~valid).astype(np.float64),
+    }
+
+
+#: Metrics that are a mean of per-question scores over every question (paired comparisons and
+#: the two-way bootstrap over questions and seeds work on these).
+PER_QUESTION_METRICS: tuple[str, ...] = (
+    "exact_match", "paper_accuracy", "mae_all", "log_mae_all", "near_miss_rate", "invalid_rate",
+)
 
 
 def compute_metrics(
@@ -268,8 +321,12 @@ def compute_metrics(
     Returns:
         ``{"n": n, name: {"value", "lo", "hi"} for name in METRIC_NAMES}``. ``exact_match``
         counts invalid predictions as wrong; ``mae``, ``median_ae``, ``r2`` and their ``log_``
-        versions (on ``sign(x)·log10(|x|+1)``) use the valid predictions only; ``invalid_rate``
-        is the share dropped. Undefined values are NaN (all predictions invalid, R² of constant
+        versions (on ``sign(x)·log10(|x|+1)``) use the valid predictions only; ``mae_all`` and
+        ``log_mae_all`` count every question, an invalid answer scored as predicting
+        :data:`INVALID_SCORED_AS` (0); ``near_miss_rate`` is the share of questions answered
+        validly and wrong by exactly one unit in the target's last place
+        (:func:`last_place_unit`; for integers ``|pred - target| == 1``); ``invalid_rate`` is
+        the share of invalid answers. Undefined values are NaN (all predictions invalid, R² of constant
         targets, n = 0); write them with :func:`write_json`, which turns NaN into ``null``.
         The interval is the bootstrap percentile interval, widened to include the point
         estimate in the rare case resampling bias puts it outside (R², medians at small n).
@@ -287,7 +344,7 @@ def compute_metrics(
         paper_preds = preds
     elif len(paper_preds) != len(targets):
         raise ValueError(f"paper_preds and targets differ in length: {len(paper_preds)} vs {len(targets)}")
-    pred, target, valid, paper_ok = _stat_arrays(preds, paper_preds, targets)
+    pred, target, valid, paper_ok, unit = _stat_arrays(preds, paper_preds, targets)
     if not np.isfinite(target).all():
         bad = target[~np.isfinite(target)][:3].tolist()
         raise ValueError(f"targets must be finite floats, got {bad}")
@@ -295,7 +352,7 @@ def compute_metrics(
 
     point = {
         k: float(v[0])
-        for k, v in _stats(pred[None], target[None], valid[None], paper_ok[None]).items()
+        for k, v in _stats(pred[None], target[None], valid[None], paper_ok[None], unit[None]).items()
     }
     result: dict[str, Any] = {"n": int(n)}
     if n == 0 or n_boot == 0:
@@ -308,7 +365,7 @@ def compute_metrics(
     reps: dict[str, list[np.ndarray]] = {name: [] for name in METRIC_NAMES}
     for start in range(0, n_boot, chunk):
         idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        for name, vals in _stats(pred[idx], target[idx], valid[idx], paper_ok[idx]).items():
+        for name, vals in _stats(pred[idx], target[idx], valid[idx], paper_ok[idx], unit[idx]).items():
             reps[name].append(vals)
     alpha = 100.0 * (1.0 - confidence) / 2.0
     for name in METRIC_NAMES:
@@ -352,13 +409,24 @@ def _read_records(
 
 def _stat_arrays(
     preds: Sequence[float | None], paper_preds: Sequence[float | None], targets: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pred with 0 where invalid, target, valid, paper_ok) float/bool arrays for `_stats`."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pred with INVALID_SCORED_AS where invalid, target, valid, paper_ok, unit) arrays for
+    `_stats`."""
     target = np.asarray(targets, dtype=np.float64).reshape(-1)
     pred = np.array([np.nan if p is None else float(p) for p in preds], dtype=np.float64)
     valid = np.isfinite(pred)
     paper = np.array([np.nan if p is None else float(p) for p in paper_preds], dtype=np.float64)
-    return np.where(valid, pred, 0.0), target, valid, np.isclose(paper, target)
+    return (np.where(valid, pred, INVALID_SCORED_AS), target, valid, np.isclose(paper, target),
+            last_place_unit(target))
+
+
+def question_scores(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Per-question scores of prediction records (``eval/<split>.jsonl``): ``{metric: (n,)
+    float64 array}`` for every metric in :data:`PER_QUESTION_METRICS`, whose mean is that
+    metric over all n questions (invalid answers included, as :func:`compute_metrics` counts
+    them)."""
+    preds, paper_preds, targets, _ = _read_records(records)
+    return _per_question(*_stat_arrays(preds, paper_preds, targets))
 
 
 def paired_difference(

@@ -45,6 +45,8 @@ __all__ = [
     "comparison_table",
     "module_tables",
     "render_markdown",
+    "collect_curve",
+    "curve_tables",
     "plot_curves",
     "plot_accuracy",
     "machine_info",
@@ -58,8 +60,9 @@ SPLIT_ORDER: tuple[str, ...] = ("valid", "interpolate", "extrapolate", "train")
 MAIN_METRICS: dict[str, str] = {
     "exact_match": "EM",
     "paper_accuracy": "paper acc",
-    "log_mae": "log-MAE",
-    "log_r2": "log-R²",
+    "mae_all": "MAE (all)",
+    "log_mae_all": "log-MAE (all)",
+    "near_miss_rate": "near miss",
     "invalid_rate": "invalid",
 }
 #: Natural range of each metric; t-intervals across seeds are clipped to it.
@@ -70,6 +73,9 @@ METRIC_BOUNDS: dict[str, tuple[float, float]] = {
     "mae": (0.0, math.inf),
     "median_ae": (0.0, math.inf),
     "log_mae": (0.0, math.inf),
+    "mae_all": (0.0, math.inf),
+    "log_mae_all": (0.0, math.inf),
+    "near_miss_rate": (0.0, 1.0),
     "r2": (-math.inf, 1.0),
     "log_r2": (-math.inf, 1.0),
 }
@@ -309,6 +315,70 @@ def comparison_table(results: Mapping[str, Any]) -> str:
     return _table(header, rows)
 
 
+def collect_curve(runs: Mapping[str, Mapping[int, Path]], final_step: int | None,
+                  *, n_boot: int = 1000) -> dict[str, Any]:
+    """Exact match and paired differences to CE at every intermediate checkpoint that was
+    evaluated (``<seed_dir>/eval-checkpoint-<step>/<split>.jsonl``) and at the end (``eval/``).
+
+    Returns ``{}`` when no run has an evaluated intermediate checkpoint, else ``{"points":
+    [{"step": step or "end", "split": split, "em": {arm: AGG}, "paired": collect_paired(...)}]}``
+    in step order, one point per (step, split) evaluated at every checkpoint.
+    """
+    from ntl.lab.paired import collect_paired
+
+    steps: set[int] = set()
+    for seeds in runs.values():
+        for seed_dir in seeds.values():
+            for folder in seed_dir.glob("eval-checkpoint-*"):
+                if folder.name.rsplit("-", 1)[-1].isdigit():
+                    steps.add(int(folder.name.rsplit("-", 1)[-1]))
+    steps.discard(final_step if final_step is not None else -1)
+    if not steps:
+        return {}
+    points = []
+    for step in [*sorted(steps), None]:
+        eval_dir = "eval" if step is None else f"eval-checkpoint-{step}"
+        splits = sorted({p.stem for seeds in runs.values() for d in seeds.values()
+                         for p in (d / f"eval-checkpoint-{min(steps)}").glob("*.jsonl")})
+        for split in splits:
+            em: dict[str, Any] = {}
+            for arm, seeds in runs.items():
+                values = []
+                for seed_dir in seeds.values():
+                    path = seed_dir / eval_dir / "metrics.json"
+                    if path.is_file():
+                        metrics = none_to_nan(_read_json(path))
+                        if split in metrics:
+                            values.append(metrics[split]["overall"]["exact_match"])
+                if values:
+                    em[arm] = aggregate_seeds(values, METRIC_BOUNDS["exact_match"])
+            points.append({"step": "end" if step is None else step, "split": split, "em": em,
+                           "paired": collect_paired(runs, [split], n_boot=n_boot, eval_dir=eval_dir)})
+    return {"points": points}
+
+
+def curve_tables(curve: Mapping[str, Any]) -> str:
+    """Markdown for :func:`collect_curve`: per split, exact match per arm at each point, then
+    the paired Δ EM and Δ log-MAE (all) to CE at each point."""
+    from ntl.lab.paired import signed_cell
+
+    parts = []
+    for split in dict.fromkeys(p["split"] for p in curve["points"]):
+        points = [p for p in curve["points"] if p["split"] == split]
+        arms = list(dict.fromkeys(a for p in points for a in p["em"]))
+        header = ["arm"] + [f"EM @ {p['step']}" for p in points]
+        rows = [[a] + [_fmt(p["em"].get(a), 3) for p in points] for a in arms]
+        parts.append(f"**{split}: exact match along training**\n\n{_table(header, rows)}")
+        compared = [a for a in arms if any(a in p["paired"] for p in points)]
+        if compared:
+            header = ["arm"] + [f"{lbl} @ {p['step']}" for lbl in ("Δ EM", "Δ log-MAE")
+                                for p in points]
+            rows = [[a] + [signed_cell(p["paired"].get(a, {}).get("splits", {}).get(split, {}).get(m))
+                           for m in ("exact_match", "log_mae_all") for p in points] for a in compared]
+            parts.append(f"**{split}: paired with CE along training**\n\n{_table(header, rows)}")
+    return "\n\n".join(parts)
+
+
 def module_tables(results: Mapping[str, Any]) -> str:
     """Per-module markdown tables (one per split): strict exact match, paper accuracy and
     log-MAE per arm, aggregated."""
@@ -378,9 +448,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         + ". EM = strict exact match of the one parsed number (invalid counts as wrong); "
         "paper acc = the paper's accuracy: the last number in the text, read leniently, "
         "numpy.isclose to the target (rtol 1e-5: forgives a last-digit error on long answers); "
-        "log-MAE and "
-        "log-R² on sign(x)·log10(|x|+1) over valid answers; invalid = share of answers that "
-        "are not a single number."
+        "MAE (all) and log-MAE (all, on sign(x)·log10(|x|+1)) over every question, an invalid "
+        "answer scored as predicting 0; near miss = share of questions answered off by exactly "
+        "one unit in the target's last place (|pred − target| = 1 for integers); invalid = "
+        "share of answers that are not a single number (counted, never dropped)."
     )
     if results.get("split_entropy"):
         lines += ["", "Split entropies (the generator's difficulty, ~log10 of the number of "
@@ -409,12 +480,21 @@ def render_markdown(results: Mapping[str, Any]) -> str:
 
         lines += ["## Paired with CE", "",
                   "Each arm minus its CE baseline on the same questions, same seed (same initial "
-                  "weights or base model, same data order): mean over seeds [95% t-interval "
-                  "across seeds]. Δ EM and Δ paper acc > 0 and Δ log-MAE < 0 favour the arm.", "",
+                  "weights or base model, same data order), every question counted: mean over "
+                  "seeds and questions [95% bootstrap interval resampling seeds and questions "
+                  "together, so it holds both the seed and the test-sample variance]. Δ EM and "
+                  "Δ paper acc > 0, Δ MAE, Δ log-MAE and Δ invalid < 0 favour the arm; Δ near "
+                  "miss > 0 means more answers off by one unit in the last place.", "",
                   paired_table(results["paired"], results["splits"]), "",
                   "Per seed, with the paired bootstrap interval over examples:", "",
                   per_seed_table(results["paired"], results["splits"]), "",
                   "![paired differences](paired.png)", ""]
+    if results.get("curve"):
+        lines += ["## Along training", "",
+                  "Every arm evaluated at its intermediate checkpoints (same steps for every arm) "
+                  "and at the end: exact match (mean over seeds), then each arm's paired "
+                  "difference to CE at each point [95% bootstrap over seeds and questions].", "",
+                  curve_tables(results["curve"]), ""]
     modules = module_tables(results)
     if modules:
         lines += ["## Per module (aggregate over seeds)", "", modules, ""]
@@ -551,6 +631,8 @@ def build_report(run_dir: Path, *, plots: bool = True) -> str:
     info = _experiment_info(run_dir)
     runs = discover_runs(run_dir, results["arms"])
     results["paired"] = collect_paired({a: runs[a] for a in results["arms"] if a in runs}, results["splits"])
+    final_step = (info.get("profile") or {}).get("max_steps")
+    results["curve"] = collect_curve({a: runs[a] for a in results["arms"] if a in runs}, final_step)
     results["split_entropy"] = _split_entropy(info)
     results["produced_by"] = f"ntl report {shlex.quote(str(run_dir))}"
     results["experiment_command"] = _experiment_command(info)

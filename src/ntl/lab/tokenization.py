@@ -86,8 +86,8 @@ def prepare_tokenizer(
 
 
 def data_identity(data_paths: Mapping[str, Path] | None) -> str | None:
-    """The name of the data cache folder the splits live in (it names the data set), or None."""
+    """The names of the data cache folders the splits live in (each names a data set), joined
+    with ``+`` in first-seen order (one folder: its name), or None."""
     if not data_paths:
         return None
-    first = Path(next(iter(data_paths.values())))
-    return first.parent.name
+    return "+".join(dict.fromkeys(Path(p).parent.name for p in data_paths.values()))

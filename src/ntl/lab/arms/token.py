@@ -30,13 +30,16 @@ SIGMA_LOSSES: dict[str, float] = {"was-soft": 0.5}
 # model of the same size name (``t5-tiny`` -> ``llama-tiny``; prompt + answer, loss on the answer
 # only) instead of T5. ``alltokens``: NTL over every number token of the tokenizer (T5's ``▁7``
 # besides ``7``), not only those that occur as labels -- the token-set ablation. ``scratch`` (in a
-# profile with a base stage): train from random initialisation with the base's own recipe and
-# data, i.e. the from-scratch regime on the same footing; ``ce:scratch`` is the base itself.
+# profile with a base stage): train from random initialisation, i.e. the from-scratch regime on
+# the same footing -- with a pretrained base (``base_modules``) the arms' own recipe and data,
+# otherwise the base's own recipe and data (``ce:scratch`` is then the base itself).
 def _scratch(profile: Profile) -> dict[str, Any]:
     from ntl.lab.config import base_profile
 
     if profile.base_steps <= 0:
         raise ValueError("the :scratch variant needs a profile with a base stage (base_steps > 0)")
+    if profile.base_modules:
+        return {"base_steps": 0}
     base = base_profile(profile)
     fields = ("max_steps", "lr", "warmup_steps", "lr_scheduler", "train_slice", "base_steps")
     return {k: getattr(base, k) for k in fields}
