@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +224,45 @@ def test_console_names_every_run_and_prints_no_raw_logs(tmp_path):
     assert "{'loss'" not in out and "{'train_runtime'" not in out
     assert "Writing model shards" not in proc.stdout + proc.stderr
     assert "cannot decide between arms" in out  # one seed: the warning
+
+
+def test_pretrained_base_learns_other_modules_and_arms_train_the_whole_task(tmp_path):
+    """The pretrained regime: the base trains on its own modules only, every arm trains the full
+    budget on all of the target data (from the base, or from scratch with ``:scratch``), the
+    tokenizer covers both data sets, and checkpoints before the end are evaluated too."""
+    sets = {**TINY, "base_steps": 4, "max_steps": 6, "save_steps": 3, "save_total_limit": "none",
+            "arms": ["ce", "ce+ntl-was", "ce:scratch"], "seeds": [0], "jobs": 1,
+            "curve_splits": ["valid"], "eval_splits": ["valid"],
+            "base_modules": ["numbers__place_value"], "modules": ["arithmetic__add_or_sub"]}
+    profile = resolve("pretrained", sets)
+    kw = dict(runs_root=tmp_path / "runs", data_root=tmp_path / "data", progress=False)
+    record = run_experiment(profile, "pre", **kw)
+    (base_seed,) = list((tmp_path / "runs" / "bases").glob("*/seed0"))
+    base_cfg = json.loads((base_seed / "train_config.json").read_text())
+    base_train = base_cfg["data"]["train"]
+    assert base_train == str(Path(record["base_data"]["train"]).resolve())
+    assert {r["module"] for r in map(json.loads, open(base_train))} == {"numbers__place_value"}
+    assert base_cfg["profile"]["max_steps"] == 4 and base_cfg["n_train_records"] == 96
+    run = tmp_path / "runs" / "pre"
+    from ntl.lab.tokenization import load_prepared_tokenizer
+
+    recipe = json.loads((run / "tokenizer" / "ntl_tokenizer.json").read_text())["recipe"]
+    assert recipe["data"].split("+") == [Path(record["data"]["train"]).parent.name,
+                                         Path(base_train).parent.name]  # built from both
+    tok = load_prepared_tokenizer(run / "tokenizer")
+    for path in (base_train, record["data"]["train"]):  # the base's questions and the target's
+        questions = [json.loads(line)["question"] for line in open(path)]
+        ids = tok(questions)["input_ids"]
+        assert all(tok.unk_token_id not in row for row in ids), path
+    for arm, from_base in (("ce", True), ("ce+ntl-was", True), ("ce:scratch", False)):
+        seed_dir = run / arm / "seed0"
+        cfg = json.loads((seed_dir / "train_config.json").read_text())
+        assert (cfg["init_from"] is not None) == from_base, arm
+        assert cfg["profile"]["max_steps"] == 6 and cfg["profile"]["train_slice"] == [0.0, 1.0], arm
+        assert cfg["n_train_records"] == 96, arm  # all of the target's training examples
+        assert (seed_dir / "eval-checkpoint-3" / "valid.jsonl").is_file(), arm  # along training
+        assert not (seed_dir / "eval-checkpoint-6").exists(), arm  # the end is eval/
+    report = (run / "report.md").read_text()
+    assert "## Along training" in report and "EM @ 3" in report and "EM @ end" in report
+    assert "| ce+ntl-was@0.3:scratch" not in report
+    assert "| ce+ntl-was | ce | 1 |" in report  # paired with CE, every question counted
