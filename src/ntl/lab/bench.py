@@ -285,9 +285,9 @@ def _synthetic_tokenizer(vocab_size: int):
 
 def _tokenizer_and_vocab(shape: Shape):
     from ntl import NumberVocab
-    from ntl.lab import lab_tokenizers
+    from ntl.lab.tokenization import load_named_tokenizer
 
-    tok = _synthetic_tokenizer(shape.vocab) if shape.tokenizer is None else lab_tokenizers.load(
+    tok = _synthetic_tokenizer(shape.vocab) if shape.tokenizer is None else load_named_tokenizer(
         shape.tokenizer)
     vocab = NumberVocab.from_tokenizer(tok, mode=shape.mode, vocab_size=shape.vocab)
     return tok, vocab.require_numbers()
@@ -529,10 +529,10 @@ def run_train_step(config: dict[str, Any]) -> dict[str, Any]:
         tok = _synthetic_tokenizer(1000)
         vocab_size, batch, seq, spec = 1000, 4, 8, "t5-micro"
     else:
-        from ntl.lab import lab_tokenizers
+        from ntl.lab.tokenization import load_named_tokenizer
         from ntl.numbers import split_digits
 
-        tok = split_digits(lab_tokenizers.load("t5-small"))
+        tok = split_digits(load_named_tokenizer("t5-small"))
         vocab_size, batch, seq, spec = 32100, 64, 32, "t5-tiny"
     vocab = NumberVocab.from_tokenizer(tok, mode="digits", vocab_size=vocab_size)
     model = _build_t5(spec, vocab_size).to(device)
