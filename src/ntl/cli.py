@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("ntl.lab.evaluate", "generate answers with a checkpoint and compute number metrics"),
     "report": ("ntl.lab.report", "collect metrics of a run into results.json, report.md and plots"),
     "experiment": ("ntl.lab.experiment", "the main job: data -> train every arm -> eval -> report"),
-    "bench": ("ntl.lab.bench", "time and memory of CE vs CE+NTL (plain, fused, ntloss), as ratios"),
+    "bench": ("ntl.lab.bench.cli", "time and memory of CE vs CE+NTL (plain, fused, ntloss), as ratios"),
     "explore": ("ntl.explore", "write an interactive HTML page that shows CE and every NTL on a "
                 "distribution you drag"),
 }
