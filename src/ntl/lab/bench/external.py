@@ -23,7 +23,9 @@ PACKAGES = {"liger-ce": ("liger_kernel", "liger-kernel"),
             "cce": ("cut_cross_entropy", "cut-cross-entropy")}
 """case -> (import name, distribution name)."""
 LOGITS_CASES = ("liger-ce",)
+"""Cases on logits (B, T, V)."""
 LINEAR_CASES = ("liger-flce", "cce")
+"""Cases from hidden states (N, d) and the output weight (V, d)."""
 
 Case = tuple[Callable[[], Any], tuple[Any, ...]]
 """A loss function (no arguments, returns the scalar loss) and the leaves whose ``.grad`` it
@@ -44,6 +46,24 @@ def _load(module: str, attr: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def _build(builders: dict[str, Callable[[], Case]], device: str
+           ) -> tuple[dict[str, Case], dict[str, str]]:
+    """Build each available case; ``{case: reason}`` for the others (missing, needs CUDA, or
+    an import that fails)."""
+    cases: dict[str, Case] = {}
+    skipped: dict[str, str] = {}
+    for name, build in builders.items():
+        reason = unavailable(name, device)
+        if reason is None:
+            try:
+                cases[name] = build()
+                continue
+            except Exception as err:  # noqa: BLE001 - a broken optional install is a skip reason
+                reason = f"import failed: {type(err).__name__}: {err}"
+        skipped[name] = reason
+    return cases, skipped
+
+
 def logits_cases(logits: Any, labels: Any, device: str) -> tuple[dict[str, Case], dict[str, str]]:
     """The external CE cases on ``logits`` (B, T, V) and ``labels`` (B, T), and
     ``{case: reason}`` for those that cannot run.
@@ -52,44 +72,28 @@ def logits_cases(logits: Any, labels: Any, device: str) -> tuple[dict[str, Case]
     own copy of the logits: after the first call that copy holds gradient values, which changes
     neither the kernel's time nor its memory, only its loss value (read from the first call).
     """
-    cases: dict[str, Case] = {}
-    skipped: dict[str, str] = {}
-    for name in LOGITS_CASES:
-        reason = unavailable(name, device)
-        if reason:
-            skipped[name] = reason
-            continue
-        try:
-            loss_cls = _load("liger_kernel.transformers.cross_entropy", "LigerCrossEntropyLoss")
-        except Exception as err:  # noqa: BLE001 - a broken optional install is a skip reason
-            skipped[name] = f"import failed: {type(err).__name__}: {err}"
-            continue
+
+    def liger_ce() -> Case:
+        loss_fn = _load("liger_kernel.transformers.cross_entropy", "LigerCrossEntropyLoss")()
         own = logits.detach().reshape(-1, logits.shape[-1]).clone().requires_grad_(True)
         flat = labels.reshape(-1)
-        loss_fn = loss_cls()
-        cases[name] = (lambda f=loss_fn, x=own, y=flat: f(x, y), (own,))
-    return cases, skipped
+        return (lambda: loss_fn(own, flat), (own,))
+
+    return _build({"liger-ce": liger_ce}, device)
 
 
 def linear_cases(hidden: Any, weight: Any, labels: Any, device: str
                  ) -> tuple[dict[str, Case], dict[str, str]]:
     """The external CE cases from ``hidden`` (N, d) and the output ``weight`` (V, d) with
     ``labels`` (N,), and ``{case: reason}`` for those that cannot run."""
-    cases: dict[str, Case] = {}
-    skipped: dict[str, str] = {}
-    for name in LINEAR_CASES:
-        reason = unavailable(name, device)
-        if reason:
-            skipped[name] = reason
-            continue
-        try:
-            if name == "liger-flce":
-                loss_fn = _load("liger_kernel.transformers.fused_linear_cross_entropy",
-                                "LigerFusedLinearCrossEntropyLoss")()
-                cases[name] = (lambda f=loss_fn: f(weight, hidden, labels), (hidden, weight))
-            else:
-                cce = _load("cut_cross_entropy", "linear_cross_entropy")
-                cases[name] = (lambda f=cce: f(hidden, weight, labels), (hidden, weight))
-        except Exception as err:  # noqa: BLE001 - a broken optional install is a skip reason
-            skipped[name] = f"import failed: {type(err).__name__}: {err}"
-    return cases, skipped
+
+    def liger_flce() -> Case:
+        loss_fn = _load("liger_kernel.transformers.fused_linear_cross_entropy",
+                        "LigerFusedLinearCrossEntropyLoss")()
+        return (lambda: loss_fn(weight, hidden, labels), (hidden, weight))
+
+    def cce() -> Case:
+        loss_fn = _load("cut_cross_entropy", "linear_cross_entropy")
+        return (lambda: loss_fn(hidden, weight, labels), (hidden, weight))
+
+    return _build({"liger-flce": liger_flce, "cce": cce}, device)
