@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PROFILE ?= quick
 NAME   ?= $(PROFILE)
 
-.PHONY: setup test test-slow experiment bench lint clean
+.PHONY: setup test test-slow experiment bench gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,13 @@ experiment: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/ntl bench
+
+# The prepared GPU check (docs/benchmarks.md): no venv and no network, the machine's own python
+# with torch, transformers and triton (liger-kernel, cut-cross-entropy if installed); the table
+# goes to $$OUT or runs/gpu_check/. GPU_CHECK_ARGS=--dry-run runs it on CPU in seconds.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m ntl.lab.bench.gpu_check $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from ntl.cli import main
-from ntl.lab.bench import FUSED_CASES, LINEAR_CASES, LOGITS_FREE_ARMS, to_markdown
+from ntl.lab.bench.logits_free_step import LOGITS_FREE_ARMS
+from ntl.lab.bench.loss_cases import FUSED_CASES, LINEAR_CASES
+from ntl.lab.bench.tables import to_markdown
 
 pytest.importorskip("ntloss")
 pytest.importorskip("transformers")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ntl import CrossEntropyWithNTL, NumberVocab
-from ntl.lab.bench import _spawn
+from ntl.lab.bench.worker import spawn
 from ntl.losses import functional as F
 from ntl.losses import fused
 from tests.vocabs import V, digit_vocab
@@ -50,9 +50,9 @@ def test_linear_path_large_logits_equal_materialized():
 def test_linear_path_large_logits_memory_is_one_chunk():
     """Peak memory added (fresh process, RSS) by the logits-free path when most rows need the
     exact-CE fix-up: a few chunks, never a sizable share of the (N, V) logits."""
-    res = _spawn("linear-memory", {"batch": 1, "seq": 1024, "vocab": 32000, "hidden_dim": 32,
-                                   "fraction": 0.3, "scale": 4.0, "path": "linear",
-                                   "chunk_size": 32, "threads": 1})
+    res = spawn("linear-memory", {"batch": 1, "seq": 1024, "vocab": 32000, "hidden_dim": 32,
+                                  "fraction": 0.3, "scale": 4.0, "path": "linear",
+                                  "chunk_size": 32, "threads": 1})
     assert res["rows_ce_above_69"] > 0.5
     assert res["peak_bytes"] is not None
     # logits: 131 MB; one chunk 4 MB, dW 4 MB. An unchunked fix-up adds ~150 MB.

@@ -13,7 +13,9 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 #: The library: importable with torch alone, never importing the lab.
-LIBRARY = ("ntl", "ntl.numbers", "ntl.losses", "ntl.integrations", "ntl._optional")
+LIBRARY = ("ntl", "ntl.numbers", "ntl.losses", "ntl.integrations", "ntl._optional", "ntl.errors")
+#: The bottom layer: imports no other ntl module, so every module may import it.
+BOTTOM = ("ntl.errors",)
 
 
 def _module_name(path: Path) -> str:
@@ -118,3 +120,9 @@ def test_the_library_never_imports_the_lab():
         for target in targets if not _is_library(target)
     )
     assert not bad, "library modules importing lab modules: " + "; ".join(bad)
+
+
+def test_the_bottom_layer_imports_nothing_from_ntl():
+    graph = import_graph()
+    bad = sorted(f"{module} imports {target}" for module in BOTTOM for target in graph[module])
+    assert not bad, "the bottom layer must not import ntl modules: " + "; ".join(bad)

@@ -218,12 +218,12 @@ def test_names_do_not_resolve_to_the_test_fixtures(monkeypatch):
 
 
 def test_lab_resolves_profile_names_in_one_place(monkeypatch, tmp_path):
-    from ntl.lab import lab_tokenizers
+    from ntl.lab import tokenization
 
-    monkeypatch.setenv(lab_tokenizers.ENV_VAR, str(TOKENIZERS))
-    assert lab_tokenizers.resolve("t5-small") == str(TOKENIZERS / "t5-small")
-    assert lab_tokenizers.load("t5-small").tokenize("7")[-1].endswith("7")
-    assert lab_tokenizers.resolve(str(tmp_path)) == str(tmp_path)  # a path stays a path
+    monkeypatch.setenv(tokenization.TOKENIZERS_ENV, str(TOKENIZERS))
+    assert tokenization.resolve_tokenizer("t5-small") == str(TOKENIZERS / "t5-small")
+    assert tokenization.load_named_tokenizer("t5-small").tokenize("7")[-1].endswith("7")
+    assert tokenization.resolve_tokenizer(str(tmp_path)) == str(tmp_path)  # a path stays a path
 
 
 def test_digits_mode_warns_once_when_multi_digit_tokens_hide_digits(load_tok):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ntl.errors import UserError
+
 DISTRIBUTION = "number-token-loss"
 
 # Top-level module -> the extra that installs it.
@@ -35,7 +37,7 @@ EXTRA_OF: dict[str, str] = {
 }
 
 
-class MissingDependency(ImportError):
+class MissingDependency(UserError, ImportError):
     """An optional dependency is not installed; the message names the extra that installs it."""
 
 

@@ -4,7 +4,7 @@ Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
 module of the command being run is imported, and modules keep heavy imports (transformers,
 matplotlib) inside functions, so ``ntl --help`` stays fast.
 
-Errors the user can fix (`ntl.errors.USER_ERRORS`, bad options, a missing optional dependency)
+Errors the user can fix (an `ntl.errors.UserError`, a bad option, a missing optional dependency)
 are one line on stderr and exit status 2; ``--debug`` shows their traceback instead. Anything
 else is a bug and keeps its traceback.
 """
@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("ntl.lab.evaluate", "generate answers with a checkpoint and compute number metrics"),
     "report": ("ntl.lab.report", "collect metrics of a run into results.json, report.md and plots"),
     "experiment": ("ntl.lab.experiment", "the main job: data -> train every arm -> eval -> report"),
-    "bench": ("ntl.lab.bench", "time and memory of CE vs CE+NTL (plain, fused, ntloss), as ratios"),
+    "bench": ("ntl.lab.bench.cli", "time and memory of CE vs CE+NTL (plain, fused, ntloss), as ratios"),
     "explore": ("ntl.explore", "write an interactive HTML page that shows CE and every NTL on a "
                 "distribution you drag"),
 }
@@ -85,14 +85,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The error classes printed as one line: `ntl.errors.UserError` and its subclasses, and the
+    tokenizer errors of `ntl.numbers` (plain ``FileNotFoundError`` / ``ValueError`` subclasses)."""
+    from ntl.errors import UserError
+    from ntl.numbers import TokenizerLoadError, TokenizerNotFound
+
+    return (UserError, TokenizerNotFound, TokenizerLoadError)
+
+
 def _user_error(err: Exception, command: str) -> str | None:
     """The one-line message of an error the user can fix, or None for a bug."""
     from ntl._optional import as_missing_dependency
-    from ntl.errors import USER_ERRORS
 
-    if isinstance(err, ModuleNotFoundError) and not isinstance(err, USER_ERRORS):
+    user_errors = _user_errors()
+    if isinstance(err, ModuleNotFoundError) and not isinstance(err, user_errors):
         err = as_missing_dependency(err, f"ntl {command}") or err
-    if not isinstance(err, USER_ERRORS):
+    if not isinstance(err, user_errors):
         return None
     return " ".join(str(err).split())
 

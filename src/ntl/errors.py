@@ -1,16 +1,18 @@
-"""Errors the user can fix. The command line prints them as one line and exits with status 2."""
+"""Errors the user can fix: the base class `UserError` and the command-line `UsageError`.
+
+The bottom layer: this module imports nothing from ntl, so any module, library or lab, can raise
+or subclass these. Every error the user can fix subclasses `UserError` (``MissingDependency`` in
+`ntl._optional`, ``CorruptFileError`` in `ntl.lab.file_checks`, ...); its message names the bad
+value and says what to do instead. The command line prints a `UserError` as one line and exits
+with status 2 (``--debug`` shows the traceback); anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
-from ntl._optional import MissingDependency
-from ntl.numbers import TokenizerLoadError, TokenizerNotFound
+
+class UserError(Exception):
+    """An error the user can fix; the message names the bad value and the fix."""
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A bad value on the command line; the message names it and says what to do instead."""
-
-
-# What `ntl.cli.main` reports in one line (everything else is a bug and shows its traceback).
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UsageError, MissingDependency, TokenizerNotFound, TokenizerLoadError,
-)

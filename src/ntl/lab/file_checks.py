@@ -15,6 +15,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from ntl.errors import UserError
+
 __all__ = [
     "CorruptFileError",
     "check_checkpoint",
@@ -27,7 +29,7 @@ WEIGHTS_NAME = "model.safetensors"
 TRAINER_STATE_NAME = "trainer_state.json"
 
 
-class CorruptFileError(RuntimeError):
+class CorruptFileError(UserError, RuntimeError):
     """A file the lab wrote earlier is truncated or corrupt. The message names the file and
     what to do (regenerate it, resume from the previous checkpoint, or start over)."""
 

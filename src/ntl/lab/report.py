@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import re
 import shlex
 import sys
@@ -30,6 +28,7 @@ from typing import Any
 
 from ntl.lab.aggregate import CONFIDENCE as _CONFIDENCE
 from ntl.lab.aggregate import aggregate_seeds
+from ntl.lab.machine import machine_info
 from ntl.lab.metrics import METRIC_NAMES, none_to_nan, write_json
 
 __all__ = [
@@ -400,22 +399,6 @@ def module_tables(results: Mapping[str, Any]) -> str:
             rows.append(row)
         parts.append(f"### {split}\n\n{_table(header, rows)}")
     return "\n\n".join(parts)
-
-
-def machine_info() -> dict[str, Any]:
-    """Where the report was made: platform, CPU count, Python and torch versions."""
-    from importlib import metadata
-
-    try:
-        torch_version = metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        torch_version = "not installed"
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch_version,
-    }
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
