@@ -311,6 +311,7 @@ def _data(tmp_path) -> dict:
 def test_arm_trains_and_evaluates_through_train_arm(arm, tmp_path):
     """The baselines train through ntl.lab.train.train_arm (the HF Trainer: checkpoints in
     safetensors, logs with the loss parts) and evaluate through ntl.lab.evaluate.evaluate_run."""
+    from ntl.decoding import Decoding
     from ntl.lab.config import Profile
     from ntl.lab.evaluate import evaluate_run, is_evaluated
     from ntl.lab.train import is_trained, train_arm
@@ -344,3 +345,9 @@ def test_arm_trains_and_evaluates_through_train_arm(arm, tmp_path):
     assert set(rows[0]) == {"module", "question", "answer", "prediction", "parsed", "valid"}
     if arm in ("xval", "regression-head"):  # a value is always printed for these
         assert all(r["valid"] for r in rows if "NUM_" not in r["prediction"])
+    # these arms decode only greedily: a sampling decoding falls back to greedy, and says so
+    evaluate_run(run, splits=["valid"], decoding=Decoding("median-of-k", k=3), progress=False)
+    fallback = run / "eval-median-of-3"
+    assert (fallback / "valid.jsonl").read_text() == (run / "eval" / "valid.jsonl").read_text()
+    used = json.loads((fallback / "decoding.json").read_text())
+    assert (used["name"], used["requested"]) == ("greedy", "median-of-3")

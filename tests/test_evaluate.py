@@ -88,6 +88,62 @@ def test_eval_subset_and_beams(trained):
     assert select_examples(list(range(20)), 7) == select_examples(list(range(20)), 7)
 
 
+def test_eval_with_a_number_aware_decoding(trained):
+    """--decoding median-of-k: k samples per question, the prediction is their median; files go
+    to eval-median-of-3 and are the same when evaluated again; explicit greedy = the default."""
+    import statistics
+
+    from ntl.decoding import Decoding
+    from ntl.lab.metrics import parse_number
+
+    kwargs = dict(splits=["valid"], max_examples=6, progress=False)
+    evaluate_run(trained, decoding=Decoding("median-of-k", k=3), **kwargs)
+    out = trained / "eval-median-of-3"
+    text = (out / "valid.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert len(rows) == 6
+    for row in rows:
+        assert len(row["samples"]) == 3
+        values = [parse_number(s) for s in row["samples"]]
+        valid = [v for v in values if v is not None]
+        assert row["invalid_samples"] == 3 - len(valid)
+        assert row["parsed"] == (statistics.median(valid) if valid else None)
+    assert json.loads((out / "decoding.json").read_text())["name"] == "median-of-3"
+    evaluate_run(trained, decoding=Decoding("median-of-k", k=3), **kwargs)
+    assert (out / "valid.jsonl").read_text() == text
+
+    evaluate_run(trained, decoding=Decoding("greedy"), **kwargs)
+    evaluate_run(trained, out_dir=trained / "eval-default", **kwargs)
+    assert (trained / "eval-greedy" / "valid.jsonl").read_text() == (
+        trained / "eval-default" / "valid.jsonl").read_text()
+    with pytest.raises(ValueError, match="not both"):
+        evaluate_run(trained, decoding=Decoding("greedy"), num_beams=2, **kwargs)
+
+    # expected digits keep greedy's validity: the same answers are numbers
+    evaluate_run(trained, decoding=Decoding("expected-digits"), **kwargs)
+    greedy = [json.loads(line) for line in (trained / "eval-greedy" / "valid.jsonl").read_text().splitlines()]
+    expected = [json.loads(line)
+                for line in (trained / "eval-expected-digits" / "valid.jsonl").read_text().splitlines()]
+    assert [r["valid"] for r in expected] == [r["valid"] for r in greedy]
+
+
+def test_decoding_options_of_ntl_eval():
+    import argparse
+
+    from ntl.errors import UsageError
+
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    args = parser.parse_args(["run", "--decoding", "mean-of-k", "--k", "5", "--k-source", "beams"])
+    d = evaluate.decoding_from_args(args)
+    assert (d.method, d.k, d.source, d.name) == ("mean-of-k", 5, "beams", "mean-of-5-beams")
+    assert evaluate.decoding_from_args(parser.parse_args(["run"])) is None
+    with pytest.raises(UsageError, match="--decoding beam --k 4"):
+        evaluate.decoding_from_args(parser.parse_args(["run", "--decoding", "greedy", "--num-beams", "4"]))
+    with pytest.raises(UsageError, match="k=0"):
+        evaluate.decoding_from_args(parser.parse_args(["run", "--decoding", "median-of-k", "--k", "0"]))
+
+
 def test_metrics_from_parsed_predictions():
     """Scoring: exact answers count as matches, unparseable ones as invalid."""
     from ntl.lab.metrics import metrics_by_module

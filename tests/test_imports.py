@@ -13,7 +13,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 #: The library: importable with torch alone, never importing the lab.
-LIBRARY = ("ntl", "ntl.numbers", "ntl.losses", "ntl.integrations", "ntl._optional", "ntl.errors")
+LIBRARY = ("ntl", "ntl.numbers", "ntl.parsing", "ntl.decoding", "ntl.losses", "ntl.integrations",
+           "ntl._optional", "ntl.errors")
 #: The bottom layer: imports no other ntl module, so every module may import it.
 BOTTOM = ("ntl.errors",)
 

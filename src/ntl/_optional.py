@@ -33,6 +33,8 @@ EXTRA_OF: dict[str, str] = {
     "matplotlib": "lab",
     "tqdm": "lab",
     "scipy": "lab",
+    "plotnine": "lab",  # only for the diamonds CSV it ships
+    "sklearn": "lab",
     "ntloss": "dev",
 }
 

@@ -18,7 +18,8 @@ import sys
 # name -> (module, one-line help). Order is the order of the main job.
 COMMANDS: dict[str, tuple[str, str]] = {
     "vocab": ("ntl.vocab_cli", "show a tokenizer's number tokens, their values and coverage"),
-    "data": ("ntl.lab.data.cli", "generate and cache DeepMind mathematics data (offline)"),
+    "data": ("ntl.lab.data.cli", "generate and cache data offline: DeepMind mathematics, or a "
+             "text-regression task (diamonds, synthetic)"),
     "train": ("ntl.lab.train", "train one arm (ce, ce+ntl-was, ...) of an experiment"),
     "eval": ("ntl.lab.evaluate", "generate answers with a checkpoint and compute number metrics"),
     "report": ("ntl.lab.report", "collect metrics of a run into results.json, report.md and plots"),

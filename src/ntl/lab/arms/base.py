@@ -10,7 +10,9 @@
 4. ``trainer(...)``: the ``transformers.Trainer`` (subclass) that trains it -- the training
    loop, checkpoints, resume, logging, bf16 and DDP are the Trainer's, for every arm;
 5. ``load_model(folder)`` and ``predict(model, tokenizer, questions, ...)``: the saved model and
-   its answers as text, which ``ntl.lab.evaluate`` parses and scores like any other arm's.
+   its answers as text, which ``ntl.lab.evaluate`` parses and scores like any other arm's;
+   ``predict_numbers(..., decoding=...)`` the same under a number-aware decoding
+   (:mod:`ntl.decoding`).
 """
 
 from __future__ import annotations
@@ -104,6 +106,41 @@ class ArmRecipe:
     ) -> list[str]:
         """The model's answer text for each question, in order."""
         raise NotImplementedError
+
+    def predict_numbers(
+        self,
+        model: Any,
+        tokenizer: Any,
+        questions: Sequence[str],
+        *,
+        decoding: Any,
+        batch_size: int,
+        max_new_tokens: int,
+        max_source_length: int,
+        progress: bool,
+        desc: str,
+    ) -> list[Any]:
+        """Each question's :class:`ntl.decoding.NumberAnswer` under ``decoding`` (a
+        :class:`ntl.decoding.Decoding`), in order.
+
+        This default answers ``greedy`` and ``beam`` through :meth:`predict`; arms that can
+        sample or read digit distributions override it.
+
+        Raises:
+            ValueError: another decoding; the message names the arm.
+        """
+        from ntl.decoding import answer_from_samples
+
+        if decoding.method not in ("greedy", "beam"):
+            raise ValueError(
+                f"arm {self.name!r} decodes only greedily or with beams, not {decoding.method!r}"
+            )
+        texts = self.predict(
+            model, tokenizer, questions, batch_size=batch_size,
+            num_beams=decoding.k if decoding.method == "beam" else 1, max_new_tokens=max_new_tokens,
+            max_source_length=max_source_length, progress=progress, desc=desc,
+        )
+        return [answer_from_samples([text]) for text in texts]
 
 
 def predict_in_batches(

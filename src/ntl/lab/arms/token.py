@@ -214,6 +214,14 @@ class TokenRecipe(ArmRecipe):
             desc=desc,
         )
 
+    def predict_numbers(self, model, tokenizer, questions, *, decoding, batch_size, max_new_tokens,
+                        max_source_length, progress, desc):
+        return generate_number_answers(
+            model, tokenizer, questions, decoding=decoding, batch_size=batch_size,
+            max_new_tokens=max_new_tokens, max_source_length=max_source_length, progress=progress,
+            desc=desc,
+        )
+
 
 # ---------------------------------------------------------------------- generation
 def generate_answers(
@@ -228,16 +236,43 @@ def generate_answers(
     progress: bool = True,
     desc: str = "generate",
 ) -> list[str]:
-    """Generated answer texts for ``questions``, in order.
+    """Generated answer texts for ``questions``, in order: greedy, or the best of ``num_beams``
+    beams (see :func:`generate_number_answers`)."""
+    from ntl.decoding import Decoding
+
+    decoding = Decoding("beam", k=num_beams) if num_beams > 1 else Decoding()
+    answers = generate_number_answers(
+        model, tokenizer, questions, decoding=decoding, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, max_source_length=max_source_length, progress=progress,
+        desc=desc,
+    )
+    return [a.text for a in answers]
+
+
+def generate_number_answers(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[str],
+    *,
+    decoding: Any = None,
+    batch_size: int = 256,
+    max_new_tokens: int = 32,
+    max_source_length: int = 160,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[Any]:
+    """Each question's :class:`ntl.decoding.NumberAnswer` under ``decoding`` (greedy by
+    default), in order.
 
     Questions are batched by length (deterministically) to limit padding; causal models get
-    left-padded prompts ``question + eos`` and only the new tokens are decoded.
+    left-padded prompts ``question + eos`` and only the new tokens are decoded. Sampling
+    decodings reseed every batch with ``decoding.seed``, so the answers are reproducible.
     """
-    import torch
-
+    from ntl.decoding import Decoding, generate_numbers
     from ntl.lab.data.collate import Collator, encode, pad_id
     from ntl.lab.models import is_encoder_decoder
 
+    decoding = decoding or Decoding()
     causal = not is_encoder_decoder(model)
     feats = encode(
         [{"question": q, "answer": ""} for q in questions],
@@ -250,18 +285,15 @@ def generate_answers(
     collate = Collator(pad_id(tokenizer), padding_side="left" if causal else "right")
     vocab_size = model.config.vocab_size
     suppress = list(range(len(tokenizer), vocab_size)) or None  # padding ids of the embedding
-    gen_kwargs: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens,
-        num_beams=num_beams,
-        do_sample=False,
-        pad_token_id=pad_id(tokenizer),
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    gen_kwargs: dict[str, Any] = dict(pad_token_id=pad_id(tokenizer), eos_token_id=tokenizer.eos_token_id)
     if suppress:
         gen_kwargs["suppress_tokens"] = suppress
-    if num_beams > 1:
-        gen_kwargs["early_stopping"] = True
-    texts: list[str] = [""] * len(feats)
+    number_vocab = None
+    if decoding.method == "expected-digits":
+        from ntl.numbers import NumberVocab
+
+        number_vocab = NumberVocab.from_tokenizer(tokenizer, mode="digits", vocab_size=vocab_size)
+    answers: list[Any] = [None] * len(feats)
     device = next(model.parameters()).device
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     bar = None
@@ -269,18 +301,15 @@ def generate_answers(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(feats), desc=desc, unit="ex")
-    with torch.inference_mode():
-        for idx in batches:
-            batch = collate([feats[i] for i in idx])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = model.generate(**batch, **gen_kwargs)
-            if causal:
-                out = out[:, batch["input_ids"].shape[1] :]
-            decoded = tokenizer.batch_decode(out, skip_special_tokens=True)
-            for i, text in zip(idx, decoded):
-                texts[i] = text.strip()
-            if bar is not None:
-                bar.update(len(idx))
+    for idx in batches:
+        batch = collate([feats[i] for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        got = generate_numbers(model, tokenizer, batch, decoding, max_new_tokens=max_new_tokens,
+                               number_vocab=number_vocab, **gen_kwargs)
+        for i, answer in zip(idx, got):
+            answers[i] = answer
+        if bar is not None:
+            bar.update(len(idx))
     if bar is not None:
         bar.close()
-    return texts
+    return answers

@@ -60,7 +60,6 @@ import json
 import math
 import os
 import random
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -674,27 +673,10 @@ def generate(
     Returns:
         ``{split: path of its jsonl file}`` for the four :data:`SPLITS`.
     """
-    final = cache_dir(spec, out_dir)
-    if _is_complete(final, spec):
-        return _split_paths(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        _write_all(spec, tmp, progress)
-        if final.exists():
-            if _is_complete(final, spec):  # another process finished first: keep theirs.
-                shutil.rmtree(tmp)
-                return _split_paths(final)
-            stale = final.parent / f".{final.name}.stale-{os.getpid()}"
-            os.replace(final, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    from ntl.lab.data.cache import publish
+
+    final = publish(cache_dir(spec, out_dir), lambda d: _is_complete(d, spec),
+                    lambda d: _write_all(spec, d, progress))
     return _split_paths(final)
 
 
