@@ -24,13 +24,10 @@ from ntl.parsing import format_number, number_parts, parse_number
 # ------------------------------------------------------------------------------ parsing
 
 
-def test_library_parser_agrees_with_the_lab_parser():
+def test_the_lab_scores_with_the_library_parser():
     from ntl.lab.metrics import parse_number as lab_parse
 
-    texts = ["-12", "+5", "3.50", ".5", "12.", "The answer is -12.", "\u221212", "1e-05", "2E+3",
-             "1,000", "12,345.5", "", "abc", "3/4", "5 - 3", "3,5", "1,00", "- 12", "x-3", "12abc",
-             "3.5.1", "1e", "1e400", "50%", "nan", None]
-    assert [parse_number(t) for t in texts] == [lab_parse(t) for t in texts]
+    assert lab_parse is parse_number  # one parser: decoding and scoring read numbers alike
 
 
 def test_number_parts_and_format_round_trip():

@@ -4,8 +4,8 @@ The metrics follow the paper (Zausinger et al., 2025): accuracy of the parsed fi
 (exact float equality) and MAE / R² on ``sign(x)·log10(|x|+1)``; plain MAE, median absolute error
 and R² come along. Every metric carries a bootstrap 95% confidence interval.
 
-Parsing rules (:func:`parse_number`), chosen for DeepMind mathematics answers, which are always one
-plain number (``-12``, ``0.5``, ``3``):
+Parsing rules (:func:`parse_number`, the library's :func:`ntl.parsing.parse_number`), chosen for
+DeepMind mathematics answers, which are always one plain number (``-12``, ``0.5``, ``3``):
 
 * The text must hold **exactly one number token**; two or more (``3/4``, ``1 2``, ``5 - 3``,
   ``1, 2``) is invalid, and so is a digit that is not part of a well-formed number (``12abc``,
@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ntl.parsing import parse_number
 
 __all__ = [
     "METRIC_NAMES",
@@ -84,62 +86,6 @@ METRIC_NAMES: tuple[str, ...] = (
 #: ``log_mae_all``): the prediction 0, so it costs ``|target|`` (a model cannot improve its MAE by
 #: writing garbage on the questions it would get most wrong).
 INVALID_SCORED_AS: float = 0.0
-
-_NUMBER_RE = re.compile(
-    r"""
-    (?<![\w.,+\-])                         # not glued to a word, a number or another sign
-    (?P<sign>[-+])?
-    (?P<body>
-        (?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?   # 12, 1,000, 3.50, 5.
-      | \.\d+                                  # .5
-    )
-    (?P<exp>[eE][-+]?\d+)?
-    (?![\w])                               # not followed by letters or digits (12abc, 1e)
-    """,
-    re.VERBOSE,
-)
-_OPERATORS = frozenset("+-*/^×÷%")
-_DIGIT_RE = re.compile(r"\d")
-
-
-def parse_number(text: str | None) -> float | None:
-    """Parse the single number in ``text``; ``None`` when the text is not exactly one number.
-
-    See the module docstring for the full rules. Examples::
-
-        parse_number("-12")                 -> -12.0
-        parse_number(" 3.50 ")              -> 3.5
-        parse_number("1e-05")               -> 1e-05
-        parse_number("The answer is -12.")  -> -12.0
-        parse_number("1,000")               -> 1000.0
-        parse_number("3/4")                 -> None   (two numbers)
-        parse_number("- 12")                -> None   (detached sign)
-        parse_number("abc")                 -> None
-
-    Args:
-        text: generated text (or a target answer). ``None`` gives ``None``.
-
-    Returns:
-        The value as a finite Python float, or ``None`` for an invalid answer.
-    """
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise TypeError(f"parse_number expects a str, got {type(text).__name__}: {text!r}")
-    text = text.replace("\u2212", "-").strip()
-    matches = list(_NUMBER_RE.finditer(text))
-    if len(matches) != 1:
-        return None
-    m = matches[0]
-    before, after = text[: m.start()], text[m.end() :]
-    if _DIGIT_RE.search(before) or _DIGIT_RE.search(after):
-        return None  # a digit outside the number: 12abc 3, 3.5.1, x2 ...
-    before, after = before.rstrip(), after.lstrip()
-    if (before and before[-1] in _OPERATORS) or (after and after[0] in _OPERATORS):
-        return None  # an expression: x-3, - 12, 12/, 50%
-    literal = (m.group("sign") or "") + m.group("body").replace(",", "") + (m.group("exp") or "")
-    value = float(literal)
-    return value if math.isfinite(value) else None
 
 
 def _target_value(target_text: str) -> float:
