@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -35,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ntl.errors import UserError
 from ntl.lab.config import Profile, arm_profile, get_profile, parse_sets, resolve
 from ntl.lab.train import add_profile_arguments, base_dir
 
@@ -43,19 +43,14 @@ from ntl.lab.train import add_profile_arguments, base_dir
 _SELECTION_FIELDS = ("arms", "seeds", "threads", "jobs", "description", "eval_batch_size")
 
 
-def _machine() -> dict[str, Any]:
+def _machine_record() -> dict[str, Any]:
+    """:func:`ntl.lab.machine.machine_info` plus the device the runs train on."""
     import torch
 
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    from ntl.lab.machine import machine_info
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {**machine_info(device), "device": device}
 
 
 def _comparable(profile: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +167,7 @@ def _commands(info: dict[str, Any], command: str | None) -> list[str]:
     return list(dict.fromkeys([*old, *([command] if command else [])]))
 
 
-class ProfileMismatchError(ValueError):
+class ProfileMismatchError(UserError, ValueError):
     """A run folder's ``experiment.json`` was written with another profile."""
 
 
@@ -259,7 +254,7 @@ def run_experiment(
         "command": command_line,
         # every invocation that added arms/seeds to this folder, oldest first
         "commands": _commands(info, command_line),
-        "machine": _machine(),
+        "machine": _machine_record(),
         "stages": stages,
     }
 
