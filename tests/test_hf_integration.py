@@ -21,7 +21,7 @@ from ntl.integrations.hf import (
 from ntl.lab.data.collate import Collator, EncodedDataset, encode, restrict_tokenizer
 from ntl.lab.models import build_model, model_vocab_size
 from ntl.numbers import load_tokenizer, split_digits
-from tests.conftest import TOKENIZERS
+from tests.helpers import TOKENIZERS
 
 REPO = Path(__file__).resolve().parents[1]
 

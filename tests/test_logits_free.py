@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from ntl import CrossEntropyWithNTL, NumberVocab
+from ntl.integrations.causal_lm import count_causal_items, shift_labels
 from ntl.integrations.logits_free import (
     LogitsFreeOutput,
     apply_logits_free,
     is_logits_free,
     remove_logits_free,
 )
-from ntl.losses import fused
 
 transformers = pytest.importorskip("transformers")
 
@@ -80,7 +80,7 @@ def test_logits_free_equals_materialized(arch):
     loss = CrossEntropyWithNTL(vocab, ntl="was", lam=0.3)
     ref_model = _model(arch)
     logits = ref_model(input_ids=ids, attention_mask=mask).logits
-    ref = loss(logits, fused.shift_labels(labels))
+    ref = loss(logits, shift_labels(labels))
     ref.total.backward()
 
     model = apply_logits_free(_model(arch), loss, chunk_size=5)
@@ -104,8 +104,8 @@ def test_counts_and_float32_model():
     ids, mask, labels = _batch(1)
     loss = CrossEntropyWithNTL(vocab, ntl="mse", lam=0.5)
     ref_model = _model("llama").float()
-    n_ce, n_num = fused.count_causal_items(labels, vocab)
-    ref = loss(ref_model(input_ids=ids, attention_mask=mask).logits, fused.shift_labels(labels),
+    n_ce, n_num = count_causal_items(labels, vocab)
+    ref = loss(ref_model(input_ids=ids, attention_mask=mask).logits, shift_labels(labels),
                num_items_in_batch=n_ce + 7, num_number_items=n_num + 3)
     ref.total.backward()
     model = apply_logits_free(_model("llama").float(), loss)

@@ -11,7 +11,7 @@ import torch
 
 from ntl import NumberVocab
 from ntl.numbers import number_value, split_digits, strip_marker
-from tests.conftest import TOKENIZERS
+from tests.helpers import TOKENIZERS
 
 # (folder, digits-mode count, numbers-mode count, sampled {token: value} in numbers mode)
 EXPECTED = [
@@ -117,7 +117,7 @@ def test_other_tokenizer_kinds(load_tok):
     import sentencepiece as spm
     from tokenizers import Tokenizer
 
-    from tests.conftest import TOKENIZERS
+    from tests.helpers import TOKENIZERS
 
     sp = spm.SentencePieceProcessor(model_file=str(TOKENIZERS / "mistral-v3" / "tokenizer.model"))
     assert NumberVocab.from_tokenizer(sp).num_number_tokens == 10
