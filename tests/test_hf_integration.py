@@ -64,6 +64,22 @@ def test_causal_glue_equals_manual_shift():
     torch.testing.assert_close(got, loss(logits, labels).total)
 
 
+def test_loss_func_honours_shift_labels():
+    """Targets already aligned (HF's shift_labels, e.g. a padding-free collator) replace the
+    shift, in the loss and in the item counts."""
+    torch.manual_seed(0)
+    vocab = NumberVocab.from_vocab({str(i): i for i in range(10)} | {"a": 10, "b": 11})
+    loss = CrossEntropyWithNTL(vocab, ntl="was", lam=0.3)
+    func = NTLLossFunc(loss, causal=True)
+    logits = torch.randn(2, 5, 12)
+    labels = torch.tensor([[-100, 3, 10, 7, 1], [-100, -100, 11, 9, -100]])
+    aligned = torch.tensor([[3, -100, 7, 1, -100], [-100, 11, 9, 4, -100]])
+    got = func({"logits": logits}, labels, shift_labels=aligned)
+    torch.testing.assert_close(got, loss(logits, aligned).total)
+    assert [int(n) for n in func.count_items(labels, aligned)] == [6, 5]
+    assert func.running_sums is None  # no gradient: not a training call
+
+
 def test_num_items_in_batch_reproduces_one_big_batch():
     """Two micro-batches with different number-token counts, normalised by the whole batch's
     counts (what NTLTrainer passes), give the big batch's loss and gradient."""
