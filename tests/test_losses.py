@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import doctest
 
 import numpy as np
 import pytest
@@ -422,3 +423,30 @@ def test_reweigh_fp16_mse_large_values_no_overflow(device):
     assert torch.isfinite(got[in_range]).all()
     err = (got - exact)[in_range].norm() / exact[in_range].norm()
     assert err < 1e-3, float(err)
+
+
+# ---------------------------------------------------------------- documentation
+class _RaiseOnError(doctest.DocTestRunner):
+    """Runs docstring examples, which show no outputs: only an exception fails."""
+
+    def report_failure(self, out, test, example, got):  # an output: the examples show none
+        pass
+
+    def report_unexpected_exception(self, out, test, example, exc_info):
+        raise exc_info[1]
+
+
+@pytest.mark.parametrize("name", ["wasserstein", "expectation", "number_level",
+                                  "cross_entropy_with_ntl", "linear_cross_entropy_with_ntl",
+                                  "NumberTokenLoss", "CrossEntropyWithNTL",
+                                  "LinearCrossEntropyWithNTL"])
+def test_the_examples_in_the_docstrings_run(name):
+    import ntl
+    import ntl.losses
+
+    obj = getattr(ntl.losses.functional, name, None) or getattr(ntl, name)
+    globs = {"torch": torch, "NumberVocab": NumberVocab, name: obj}
+    tests = doctest.DocTestFinder(recurse=False).find(obj, name, globs=globs)
+    assert tests and tests[0].examples, f"{name} has no Examples section"
+    for test in tests:
+        _RaiseOnError().run(test)

@@ -289,6 +289,20 @@ def wasserstein(
     value, ``sum_k |P(k) − Q(k)|·(v_(k+1) − v_(k))`` — valid for uneven and duplicate values and
     equal to the one-hot form on one-hot targets. Positions still count only where the label is
     a number token. Units: the token values' units (digits: 0..9).
+
+    Shape:
+        - logits: (B, T, V) or (N, V), any float dtype.
+        - labels: (B, T) or (N,), aligned with the logits.
+        - output: 0-d, or the labels' shape with ``reduction="none"`` (0 where the label is
+          not a number token); float32 (float64 for float64 logits).
+        - target_probs: (B, T, K) or (N, K), K = the number of number tokens.
+
+    Examples::
+
+        >>> vocab = NumberVocab.from_vocab({str(d): d for d in range(10)} | {"a": 10})
+        >>> logits = torch.randn(2, 4, 11, requires_grad=True)
+        >>> labels = torch.tensor([[3, 10, 7, -100], [0, 9, 10, 5]])
+        >>> wasserstein(logits, labels, vocab).backward()
     """
     table = as_table(vocab, logits.device)
     validate(logits, labels, table, ignore_index=ignore_index, reduction=reduction,
@@ -402,6 +416,19 @@ def expectation(
     ``ntl``: ``"mse"`` (``(ŷ − y)²``, the paper's NTL-MSE), ``"mae"`` or ``"huber"``
     (with ``huber_delta``). Units: squared (mse) or plain (mae) token-value units.
     ``loss=`` is the deprecated name of ``ntl=``.
+
+    Shape:
+        - logits: (B, T, V) or (N, V), any float dtype.
+        - labels: (B, T) or (N,), aligned with the logits.
+        - output: 0-d, or the labels' shape with ``reduction="none"`` (0 where the label is
+          not a number token); float32 (float64 for float64 logits).
+
+    Examples::
+
+        >>> vocab = NumberVocab.from_vocab({str(d): d for d in range(10)} | {"a": 10})
+        >>> logits = torch.randn(2, 4, 11, requires_grad=True)
+        >>> labels = torch.tensor([[3, 10, 7, -100], [0, 9, 10, 5]])
+        >>> expectation(logits, labels, vocab, ntl="mse").backward()
     """
     ntl = renamed_keyword("expectation", "loss", "ntl", loss, ntl, "mse")
     distance = lp_distance(ntl, huber_delta)
@@ -536,7 +563,20 @@ def number_level(
     useful gradient at ``Y = 0`` (sMAPE ``d / (|Ŷ| + |Y|)`` is flat there). With
     ``reduction="none"`` the loss sits at the first token of each number; ``loss_weights`` are
     read there too; ``mean`` averages over numbers and ``num_items_in_batch`` should count
-    numbers (the first tokens).
+    numbers (the first tokens, `count_numbers`).
+
+    Shape:
+        - logits: (B, T, V) or (N, V), any float dtype.
+        - labels: (B, T) or (N,), aligned with the logits; numbers are read along the last dim.
+        - output: 0-d, or the labels' shape with ``reduction="none"``; float32 (float64 for
+          float64 logits).
+
+    Examples::
+
+        >>> vocab = NumberVocab.from_vocab({str(d): d for d in range(10)} | {"a": 10, ".": 11})
+        >>> logits = torch.randn(1, 5, 12, requires_grad=True)
+        >>> labels = torch.tensor([[1, 2, 11, 5, 10]])  # 12.5, then a word
+        >>> number_level(logits, labels, vocab).backward()
     """
     table = as_table(vocab, logits.device)
     validate(logits, labels, table, ignore_index=ignore_index, reduction=reduction,
