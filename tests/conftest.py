@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TOKENIZERS = SHARED / "tokenizers"
+# TOKENIZERS and tokenizer are re-exported for tests that still import them from here.
+from tests.helpers import TOKENIZERS, tokenizer  # noqa: F401
+
 os.environ.setdefault("NTL_TOKENIZERS", str(TOKENIZERS))
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-@functools.cache
-def tokenizer(name: str):
-    """A shared tokenizer by folder name, loaded once (tests never mutate it)."""
-    from ntl.numbers import load_tokenizer
-
-    return load_tokenizer(TOKENIZERS / name)
 
 
 @pytest.fixture(scope="session")

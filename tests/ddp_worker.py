@@ -65,17 +65,17 @@ class FusedLoss(nn.Module):
         self.vocab = vocab
 
     def forward(self, input_ids, labels, n_ce, n_num):
-        from ntl.losses import fused
+        from ntl.integrations.causal_lm import causal_lm_loss
 
-        return fused.causal_lm_loss(self.model, input_ids, labels, self.vocab,
-                                    num_items_in_batch=n_ce, num_number_items=n_num).total
+        return causal_lm_loss(self.model, input_ids, labels, self.vocab,
+                              num_items_in_batch=n_ce, num_number_items=n_num).total
 
 
 def train(out: Path) -> None:
     import torch.distributed as dist
 
     from ntl import CrossEntropyWithNTL
-    from ntl.losses import fused
+    from ntl.integrations.causal_lm import count_causal_items, shift_labels
 
     torch.set_num_threads(1)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -92,7 +92,7 @@ def train(out: Path) -> None:
         ids, labels = global_batch(step)
         if world > 1:
             ids, labels = ids[rank::world], labels[rank::world]
-            counts = torch.stack(fused.count_causal_items(labels, vocab))
+            counts = torch.stack(count_causal_items(labels, vocab))
             dist.all_reduce(counts)  # items of the global batch
             loss = net(ids, labels, counts[0], counts[1])
             # DDP averages gradients over processes; the loss is already a global mean.
@@ -101,7 +101,7 @@ def train(out: Path) -> None:
             dist.all_reduce(total)
         else:
             logits = model(input_ids=ids).logits
-            loss = plain(logits, fused.shift_labels(labels)).total
+            loss = plain(logits, shift_labels(labels)).total
             loss.backward()
             total = loss.detach()
         opt.step()

@@ -10,7 +10,8 @@ from ntl import CrossEntropyWithNTL, NumberVocab
 from ntl.lab.bench.worker import spawn
 from ntl.losses import functional as F
 from ntl.losses import fused
-from tests.vocabs import V, digit_vocab
+from ntl.losses.linear import linear_cross_entropy_with_ntl
+from tests.helpers import V, digit_vocab, on_devices
 
 
 def _labels(vocab: NumberVocab, n: int, seed: int = 0) -> torch.Tensor:
@@ -39,7 +40,7 @@ def test_linear_path_large_logits_equal_materialized():
     assert (ce_tok > 69).float().mean() > 0.3
     ref = fused.cross_entropy_with_ntl(logits, labels, vocab, fused=False)
     ref_grads = torch.autograd.grad(ref.total, (hidden, weight))
-    out = fused.linear_cross_entropy_with_ntl(hidden, weight, labels, vocab, chunk_size=7)
+    out = linear_cross_entropy_with_ntl(hidden, weight, labels, vocab, chunk_size=7)
     grads = torch.autograd.grad(out.total, (hidden, weight))
     torch.testing.assert_close(out.ce, ref.ce)
     torch.testing.assert_close(out.ntl, ref.ntl)
@@ -181,7 +182,69 @@ def test_rows_that_do_not_count_cannot_poison_the_loss(kind, name, reweigh):
     assert torch.isfinite(out)
     torch.testing.assert_close(out, ref)
     out.backward()
-    assert torch.isfinite(logits.grad[0, keep]).all()
+    assert torch.isfinite(logits.grad).all()
+    others = torch.ones(logits.shape[1], dtype=torch.bool)
+    others[keep] = False
+    assert (logits.grad[0, others] == 0).all()  # rows that do not count: exactly 0
+
+
+def _ce_ntl(path: str, x: torch.Tensor, labels: torch.Tensor, vocab, reweigh: bool):
+    """CE + NTL of logits ``x`` by ``path``; ``x`` may be hidden states for ``linear``."""
+    opts = dict(ntl="was", lam=0.3, reweigh=reweigh)
+    if path == "linear":
+        eye = torch.eye(V, dtype=x.dtype, device=x.device)
+        return linear_cross_entropy_with_ntl(x, eye, labels, vocab, chunk_size=3, **opts)
+    return CrossEntropyWithNTL(vocab, fused=path == "fused", **opts).to(x.device)(x, labels)
+
+
+@on_devices
+@pytest.mark.parametrize("path", ["fused", "autograd", "linear"])
+@pytest.mark.parametrize("reweigh", [False, True])
+def test_nonfinite_logits_at_ignored_rows_get_a_zero_gradient(path, reweigh, device):
+    """NaN / inf logits where the label is ignored: the loss is as with clean logits, those
+    rows' gradient is exactly 0, and a head in front stays finite (torch's CE gives NaN)."""
+    vocab = digit_vocab()
+    g = torch.Generator().manual_seed(7)
+    labels = torch.tensor([[41, 5, -100, 47, -100, 12, 49, -100]], device=device)
+    ignored = labels[0] == -100
+    poison = torch.zeros(1, 8, V)
+    poison[0, 2] = float("nan")
+    poison[0, 4, 7] = float("inf")
+    poison[0, 7, vocab.number_ids] = float("-inf")
+    hidden = torch.randn(1, 8, 16, generator=g, device="cpu").to(device)
+    head = torch.nn.Linear(16, V, bias=False).to(device)
+    clean = head(hidden).detach()
+    ref = _ce_ntl(path, clean, labels, vocab, reweigh)
+
+    logits = (head(hidden) + poison.to(device)) if path != "linear" else None
+    x = (logits if logits is not None else clean + poison.to(device)).detach().requires_grad_(True)
+    out = _ce_ntl(path, x, labels, vocab, reweigh)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b)
+    out.total.backward()
+    assert torch.isfinite(x.grad).all() and (x.grad[0, ignored] == 0).all()
+    if logits is not None:  # through the head: its weight gradient stays finite
+        head.zero_grad()
+        _ce_ntl(path, head(hidden) + poison.to(device), labels, vocab, reweigh).total.backward()
+        assert torch.isfinite(head.weight.grad).all()
+
+
+@on_devices
+def test_nan_hidden_state_at_an_ignored_row_keeps_the_weight_gradient_finite(device):
+    """The logits-free path: a NaN hidden state where the label is ignored (e.g. a fully
+    masked padding row) reaches neither dW nor the other rows' dh."""
+    vocab = digit_vocab()
+    g = torch.Generator().manual_seed(8)
+    labels = torch.tensor([41, 5, -100, 47, 12, -100], device=device)
+    hidden = torch.randn(6, 16, generator=g).to(device)
+    hidden[2] = float("nan")
+    hidden.requires_grad_(True)
+    weight = torch.randn(V, 16, generator=g).to(device).requires_grad_(True)
+    out = linear_cross_entropy_with_ntl(hidden, weight, labels, vocab, chunk_size=4)
+    out.total.backward()
+    assert torch.isfinite(out.total)
+    assert torch.isfinite(weight.grad).all()
+    assert torch.isfinite(hidden.grad).all() and (hidden.grad[labels == -100] == 0).all()
 
 
 # ---------------------------------------------------------------- output dtype

@@ -40,8 +40,8 @@ def library_losses(p: list[float], target: int, sigma: float) -> dict[str, float
     return {
         "ce": float(functional.cross_entropy(logits, labels)),
         "was": float(functional.wasserstein(logits, labels, DIGITS)),
-        "mse": float(functional.expectation(logits, labels, DIGITS, loss="mse")),
-        "mae": float(functional.expectation(logits, labels, DIGITS, loss="mae")),
+        "mse": float(functional.expectation(logits, labels, DIGITS, ntl="mse")),
+        "mae": float(functional.expectation(logits, labels, DIGITS, ntl="mae")),
         "w1soft": float(functional.wasserstein(logits, labels, DIGITS, target_probs=soft[None])),
         "mean": float(probs @ values),
     }

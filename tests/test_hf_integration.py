@@ -21,7 +21,7 @@ from ntl.integrations.hf import (
 from ntl.lab.data.collate import Collator, EncodedDataset, encode, restrict_tokenizer
 from ntl.lab.models import build_model, model_vocab_size
 from ntl.numbers import load_tokenizer, split_digits
-from tests.conftest import TOKENIZERS
+from tests.helpers import TOKENIZERS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,22 @@ def test_causal_glue_equals_manual_shift():
     # seq2seq: no shift
     got = NTLLossFunc(loss, causal=False)({"logits": logits}, labels)
     torch.testing.assert_close(got, loss(logits, labels).total)
+
+
+def test_loss_func_honours_shift_labels():
+    """Targets already aligned (HF's shift_labels, e.g. a padding-free collator) replace the
+    shift, in the loss and in the item counts."""
+    torch.manual_seed(0)
+    vocab = NumberVocab.from_vocab({str(i): i for i in range(10)} | {"a": 10, "b": 11})
+    loss = CrossEntropyWithNTL(vocab, ntl="was", lam=0.3)
+    func = NTLLossFunc(loss, causal=True)
+    logits = torch.randn(2, 5, 12)
+    labels = torch.tensor([[-100, 3, 10, 7, 1], [-100, -100, 11, 9, -100]])
+    aligned = torch.tensor([[3, -100, 7, 1, -100], [-100, 11, 9, 4, -100]])
+    got = func({"logits": logits}, labels, shift_labels=aligned)
+    torch.testing.assert_close(got, loss(logits, aligned).total)
+    assert [int(n) for n in func.count_items(labels, aligned)] == [6, 5]
+    assert func.running_sums is None  # no gradient: not a training call
 
 
 def test_num_items_in_batch_reproduces_one_big_batch():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import doctest
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from scipy.stats import wasserstein_distance
 
 from ntl import CrossEntropyWithNTL, NumberTokenLoss, NumberVocab
 from ntl.losses import functional as F
+from tests.helpers import on_devices
 
 ALL = ["was", "mse", "mae", "huber", "number-level"]
 REDUCTIONS = ["mean", "sum", "none"]
@@ -123,12 +125,12 @@ def test_known_values():
     logits[0, 0, 8] = 0.0  # half on 2, half on 8 -> expected value 5
     labels = torch.tensor([[5]])
     assert F.wasserstein(logits, labels, vocab).item() == pytest.approx(3.0)
-    assert F.expectation(logits, labels, vocab, loss="mse").item() == pytest.approx(0.0, abs=1e-12)
+    assert F.expectation(logits, labels, vocab, ntl="mse").item() == pytest.approx(0.0, abs=1e-12)
     labels = torch.tensor([[2]])
     assert F.wasserstein(logits, labels, vocab).item() == pytest.approx(3.0)
-    assert F.expectation(logits, labels, vocab, loss="mse").item() == pytest.approx(9.0)
-    assert F.expectation(logits, labels, vocab, loss="mae").item() == pytest.approx(3.0)
-    assert F.expectation(logits, labels, vocab, loss="huber").item() == pytest.approx(2.5)
+    assert F.expectation(logits, labels, vocab, ntl="mse").item() == pytest.approx(9.0)
+    assert F.expectation(logits, labels, vocab, ntl="mae").item() == pytest.approx(3.0)
+    assert F.expectation(logits, labels, vocab, ntl="huber").item() == pytest.approx(2.5)
 
 
 def test_squash_factor_scales_distances():
@@ -268,7 +270,7 @@ def test_matches_ntloss_package(load_tok, name, reweigh):
     labels[1, 1] = -100
     for ours, theirs in (
         (F.wasserstein(logits, labels, vocab, reweigh=reweigh), NTLoss(copy.deepcopy(tok), reweigh=reweigh)),
-        (F.expectation(logits, labels, vocab, loss="mse", reweigh=reweigh),
+        (F.expectation(logits, labels, vocab, ntl="mse", reweigh=reweigh),
          NTLossDotProduct(copy.deepcopy(tok), reweigh=reweigh)),
     ):
         torch.testing.assert_close(ours, theirs(logits, labels), rtol=1e-5, atol=1e-5)
@@ -328,7 +330,7 @@ def test_bad_options_raise(name):
     with pytest.raises(ValueError, match=r"\(2, 2\)"):
         F.LOSSES[name](logits, labels, vocab, loss_weights=torch.ones(2, 2))
     with pytest.raises(ValueError, match="'rmse'"):
-        F.expectation(logits, labels, vocab, loss="rmse")
+        F.expectation(logits, labels, vocab, ntl="rmse")
     with pytest.raises(ValueError, match="'wat'"):
         NumberTokenLoss(vocab, "wat")
 
@@ -368,3 +370,83 @@ def test_soft_wasserstein_gaussian_targets():
     assert soft_wasserstein(z, labels, vocab, sigma=0.5).item() == pytest.approx(0.0, abs=1e-5)
     with pytest.raises(ValueError, match="sigma must be > 0"):
         gaussian_targets(labels, vocab, sigma=0.0)
+
+
+# ---------------------------------------------------------------- reweigh in low precision
+def _rounded_grad(fn, logits: torch.Tensor) -> torch.Tensor:
+    x = logits.detach().requires_grad_(True)
+    fn(x).backward()
+    return x.grad.double()
+
+
+@on_devices
+@pytest.mark.parametrize("name", ["was", "mse", "number-level"])
+def test_reweigh_bf16_gradient_is_rounded_once(name, device):
+    """reweigh=True in bf16 on the autograd path: the number-logit and log-sum-exp partial
+    gradients cancel; each rounded to bf16 first, they were 1e-2 off float64, now ~bf16's own
+    rounding (2e-3)."""
+    tok = {f"t{i}": i for i in range(40)} | {str(d): 40 + d for d in range(10)}
+    vocab = NumberVocab.from_vocab(tok)
+    g = torch.Generator().manual_seed(5)
+    labels = torch.randint(40, 50, (8, 64), generator=g)
+    labels[:, ::3] = torch.randint(0, 40, (8, 22), generator=g)
+    logits = 3 * torch.randn(8, 64, 50, generator=g)
+    logits[..., 40:] += 6  # most mass on the number tokens: the partials nearly cancel
+    logits, labels = logits.bfloat16().to(device), labels.to(device)
+
+    def fn(x):
+        return F.LOSSES[name](x, labels, vocab, reweigh=True)
+
+    exact = _rounded_grad(fn, logits.double())
+    err = (_rounded_grad(fn, logits) - exact).norm() / exact.norm()
+    assert err < 2.5e-3, float(err)
+
+
+@on_devices
+def test_reweigh_fp16_mse_large_values_no_overflow(device):
+    """fp16, NTL-MSE over values 0..9999 with reweigh: partial gradients beyond fp16's range
+    used to become inf − inf = NaN where the true gradient is finite."""
+    tok = {f"w{i}": i for i in range(10)} | {str(i): 10 + i for i in range(10000)}
+    vocab = NumberVocab.from_vocab(tok, mode="numbers")
+    g = torch.Generator().manual_seed(5)
+    labels = torch.tensor([10 + 5000, 10 + 12, 3, 10 + 9999], device=device)
+    logits = torch.randn(4, 10010, generator=g) * 2
+    logits[:, 10 + 7000] += 8
+    logits = logits.half().to(device)
+
+    def fn(x):
+        return F.expectation(x, labels, vocab, ntl="mse", reweigh=True)
+
+    exact = _rounded_grad(fn, logits.double())
+    got = _rounded_grad(fn, logits)
+    in_range = exact.abs() < torch.finfo(torch.float16).max / 2
+    assert torch.isfinite(got[in_range]).all()
+    err = (got - exact)[in_range].norm() / exact[in_range].norm()
+    assert err < 1e-3, float(err)
+
+
+# ---------------------------------------------------------------- documentation
+class _RaiseOnError(doctest.DocTestRunner):
+    """Runs docstring examples, which show no outputs: only an exception fails."""
+
+    def report_failure(self, out, test, example, got):  # an output: the examples show none
+        pass
+
+    def report_unexpected_exception(self, out, test, example, exc_info):
+        raise exc_info[1]
+
+
+@pytest.mark.parametrize("name", ["wasserstein", "expectation", "number_level",
+                                  "cross_entropy_with_ntl", "linear_cross_entropy_with_ntl",
+                                  "NumberTokenLoss", "CrossEntropyWithNTL",
+                                  "LinearCrossEntropyWithNTL"])
+def test_the_examples_in_the_docstrings_run(name):
+    import ntl
+    import ntl.losses
+
+    obj = getattr(ntl.losses.functional, name, None) or getattr(ntl, name)
+    globs = {"torch": torch, "NumberVocab": NumberVocab, name: obj}
+    tests = doctest.DocTestFinder(recurse=False).find(obj, name, globs=globs)
+    assert tests and tests[0].examples, f"{name} has no Examples section"
+    for test in tests:
+        _RaiseOnError().run(test)

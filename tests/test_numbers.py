@@ -11,7 +11,7 @@ import torch
 
 from ntl import NumberVocab
 from ntl.numbers import number_value, split_digits, strip_marker
-from tests.conftest import TOKENIZERS
+from tests.helpers import TOKENIZERS
 
 # (folder, digits-mode count, numbers-mode count, sampled {token: value} in numbers mode)
 EXPECTED = [
@@ -117,7 +117,7 @@ def test_other_tokenizer_kinds(load_tok):
     import sentencepiece as spm
     from tokenizers import Tokenizer
 
-    from tests.conftest import TOKENIZERS
+    from tests.helpers import TOKENIZERS
 
     sp = spm.SentencePieceProcessor(model_file=str(TOKENIZERS / "mistral-v3" / "tokenizer.model"))
     assert NumberVocab.from_tokenizer(sp).num_number_tokens == 10
@@ -129,11 +129,29 @@ def test_other_tokenizer_kinds(load_tok):
         mapping.coverage(["3"])
 
 
-def test_unknown_mode_and_no_numbers_errors():
+def test_unknown_mode_errors():
     with pytest.raises(ValueError, match="'words'"):
         NumberVocab.from_vocab({"a": 0}, mode="words")
-    with pytest.raises(ValueError, match="split_digits"):
-        NumberVocab.from_vocab({"a": 0, "b": 1}).require_numbers()
+
+
+def test_a_vocabulary_without_number_tokens_fails_at_once(tmp_path):
+    """Not first when the loss is built: NumberVocab itself refuses, naming the fix."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from ntl.numbers import NoNumberTokens
+
+    with pytest.raises(NoNumberTokens, match="no number tokens in mode='digits'.*split_digits"):
+        NumberVocab.from_vocab({"a": 0, "b": 1})
+    with pytest.raises(NoNumberTokens, match="mode='numbers'"):
+        NumberVocab.from_vocab({"a": 0, "b": 1}, mode="numbers")
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(NoNumberTokens, match="split_digits"):
+        NumberVocab.from_tokenizer(tok)
+    digits = NumberVocab.from_vocab({"a": 0, "1": 1, "2": 2})
+    with pytest.raises(NoNumberTokens, match="None of the given token ids"):
+        digits.restricted([0])
+    assert digits.restricted([1]).num_number_tokens == 1
 
 
 def _ntl(*args: str) -> subprocess.CompletedProcess:

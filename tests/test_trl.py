@@ -16,7 +16,7 @@ from trl import SFTConfig  # noqa: E402
 
 from ntl import CrossEntropyWithNTL, NumberVocab  # noqa: E402
 from ntl.integrations.trl import NTLSFTTrainer  # noqa: E402
-from tests.conftest import tokenizer as shared_tokenizer  # noqa: E402
+from tests.helpers import tokenizer as shared_tokenizer  # noqa: E402
 
 LAM = 0.5
 ROWS = [  # prompts full of digits (never trained on), completions with different number counts
@@ -143,7 +143,7 @@ def test_readme_trl_example_runs(tmp_path, monkeypatch):
     import re
     from pathlib import Path
 
-    from tests.conftest import TOKENIZERS
+    from tests.helpers import TOKENIZERS
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "NTLSFTTrainer(" in b]

@@ -7,8 +7,24 @@ The Number Token Loss (Zausinger et al., ICML 2025) for any tokenizer::
     loss = CrossEntropyWithNTL(vocab, ntl="was", lam=0.3)(logits, labels).total
 """
 
-from ntl.losses import CrossEntropyWithNTL, LossOutput, NumberTokenLoss
+from ntl.losses import (
+    CrossEntropyWithNTL,
+    LinearCrossEntropyWithNTL,
+    LossOutput,
+    NumberTokenLoss,
+    cross_entropy_with_ntl,
+    linear_cross_entropy_with_ntl,
+)
 from ntl.numbers import NumberVocab
 
 __version__ = "0.1.0"
-__all__ = ["CrossEntropyWithNTL", "LossOutput", "NumberTokenLoss", "NumberVocab", "__version__"]
+__all__ = [
+    "CrossEntropyWithNTL",
+    "LinearCrossEntropyWithNTL",
+    "LossOutput",
+    "NumberTokenLoss",
+    "NumberVocab",
+    "__version__",
+    "cross_entropy_with_ntl",
+    "linear_cross_entropy_with_ntl",
+]

@@ -39,6 +39,17 @@ _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 COVERAGE_PROBE = "0 7 12 345 2048 13023.5 65536 1000000"
 
 
+class NoNumberTokens(ValueError):
+    """The tokenizer (or the chosen ids) has no number tokens in the given mode."""
+
+
+def _no_numbers_message(mode: str, what: str = "The tokenizer") -> str:
+    other = "numbers" if mode == "digits" else "digits"
+    return (f"{what} has no number tokens in mode={mode!r}, so the Number Token Loss would see "
+            f"nothing. Use ntl.numbers.split_digits(tokenizer) to make every digit its own "
+            f"token, or try mode={other!r}.")
+
+
 class NumberCoverageWarning(UserWarning):
     """The tokenizer writes some digits inside multi-digit tokens that the loss cannot see."""
 
@@ -122,8 +133,10 @@ class NumberVocab:
     """Per-token numeric values of a tokenizer's vocabulary.
 
     Build it with `from_tokenizer` (any tokenizer kind) or `from_vocab` (a ``{token: id}``
-    mapping). ``vocab_size`` may exceed the tokenizer's size (models pad their embeddings, e.g.
-    Qwen2: tokenizer 151,646, model 151,936); the padding ids are non-numbers.
+    mapping); a vocabulary without number tokens in ``mode`` raises `NoNumberTokens` (a
+    ValueError) at once, saying how to get some. ``vocab_size`` may exceed the tokenizer's size
+    (models pad their embeddings, e.g. Qwen2: tokenizer 151,646, model 151,936); the padding
+    ids are non-numbers.
     """
 
     def __init__(
@@ -168,6 +181,8 @@ class NumberVocab:
         self.digit_counts = digit_counts
         self.frac_digits = frac_digits
         self.number_ids = torch.nonzero(~torch.isnan(values)).flatten()
+        if self.number_ids.numel() == 0:
+            raise NoNumberTokens(_no_numbers_message(mode))
         self.number_values = values[self.number_ids]
         id_to_token = {idx: tok for tok, idx in token_to_id.items()}
         self.number_tokens = [id_to_token[int(i)] for i in self.number_ids]
@@ -239,6 +254,8 @@ class NumberVocab:
         new = copy.copy(self)
         new.values = torch.where(keep, self.values, torch.full_like(self.values, float("nan")))
         new.number_ids = torch.nonzero(~torch.isnan(new.values)).flatten()
+        if new.number_ids.numel() == 0:
+            raise NoNumberTokens(_no_numbers_message(self.mode, "None of the given token ids"))
         new.number_values = new.values[new.number_ids]
         kept = set(new.number_ids.tolist())
         new.number_tokens = [t for i, t in zip(self.number_ids.tolist(), self.number_tokens) if i in kept]
@@ -276,14 +293,10 @@ class NumberVocab:
         return cached
 
     def require_numbers(self) -> NumberVocab:
-        """Raise a helpful error if this vocabulary has no number tokens; return self."""
+        """Raise `NoNumberTokens` if this vocabulary has no number tokens; return self. (The
+        constructor already refuses such a vocabulary; this stays for callers that check.)"""
         if self.num_number_tokens == 0:
-            other = "numbers" if self.mode == "digits" else "digits"
-            raise ValueError(
-                f"The tokenizer has no number tokens in mode={self.mode!r}, so the Number Token "
-                f"Loss would see nothing. Use ntl.numbers.split_digits(tokenizer) to make every "
-                f"digit its own token, or try mode={other!r}."
-            )
+            raise NoNumberTokens(_no_numbers_message(self.mode))
         return self
 
     def coverage(self, texts: Iterable[str], tokenizer: Any = None) -> float:

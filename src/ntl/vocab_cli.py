@@ -63,25 +63,41 @@ def load(spec: str) -> Any:
 
 def build_vocab(tokenizer: Any, mode: str, vocab_size: int | None) -> Any:
     """The `NumberVocab`, with a bad ``--vocab-size`` or no number tokens as a `UsageError`."""
-    from ntl.numbers import NumberCoverageWarning, NumberVocab
+    from ntl.numbers import NoNumberTokens, NumberCoverageWarning, NumberVocab
 
     if vocab_size is not None and vocab_size <= 0:
         raise UsageError(f"--vocab-size {vocab_size}: must be a positive number of logits")
     with warnings.catch_warnings():  # this command prints the coverage itself
         warnings.simplefilter("ignore", NumberCoverageWarning)
         try:
-            vocab = NumberVocab.from_tokenizer(tokenizer, mode=mode, vocab_size=vocab_size)
+            return NumberVocab.from_tokenizer(tokenizer, mode=mode, vocab_size=vocab_size)
+        except NoNumberTokens as err:
+            raise UsageError(str(err).replace("mode=", "--mode ")) from None
         except ValueError as err:
             raise UsageError(f"--vocab-size {vocab_size}: {err}") from None
+
+
+def _vocab_or_none(tokenizer: Any, mode: str) -> Any:
+    """The tokenizer's `NumberVocab` in ``mode``, or None when it has no number tokens there."""
+    from ntl.numbers import NoNumberTokens, NumberVocab
+
     try:
-        return vocab.require_numbers()
-    except ValueError as err:
-        raise UsageError(str(err).replace("mode=", "--mode ")) from None
+        return NumberVocab.from_tokenizer(tokenizer, mode=mode)
+    except NoNumberTokens:
+        return None
+
+
+def _count(vocab: Any) -> int:
+    return 0 if vocab is None else vocab.num_number_tokens
+
+
+def _coverage(vocab: Any, texts: list[str]) -> str:
+    return "0%" if vocab is None else f"{vocab.coverage(texts):.0%}"
 
 
 def tokenizer_table(specs: list[str], texts: list[str]) -> str:
     """Markdown table: each tokenizer's number tokens and coverage in both modes."""
-    from ntl.numbers import NumberCoverageWarning, NumberVocab, split_digits
+    from ntl.numbers import NoNumberTokens, NumberCoverageWarning, NumberVocab, split_digits
 
     rows = [
         "| tokenizer | vocab | digit tokens | coverage (digits) | number tokens | coverage (numbers) "
@@ -92,16 +108,18 @@ def tokenizer_table(specs: list[str], texts: list[str]) -> str:
         warnings.simplefilter("ignore", NumberCoverageWarning)
         for spec in specs:
             tok = load(spec)
-            digits = NumberVocab.from_tokenizer(tok, mode="digits")
-            numbers = NumberVocab.from_tokenizer(tok, mode="numbers")
+            size = max(tok.get_vocab().values()) + 1
+            digits, numbers = (_vocab_or_none(tok, mode) for mode in ("digits", "numbers"))
             try:
                 split = f"{NumberVocab.from_tokenizer(split_digits(tok)).coverage(texts):.0%}"
             except TypeError:  # a slow (python) tokenizer has no pre-tokenizer to extend
                 split = "n/a (slow tokenizer)"
+            except NoNumberTokens:
+                split = "0%"
             rows.append(
-                f"| {Path(spec).name or spec} | {digits.vocab_size} | {digits.num_number_tokens} | "
-                f"{digits.coverage(texts):.0%} | {numbers.num_number_tokens} | "
-                f"{numbers.coverage(texts):.0%} | {split} |"
+                f"| {Path(spec).name or spec} | {size} | {_count(digits)} | "
+                f"{_coverage(digits, texts)} | {_count(numbers)} | "
+                f"{_coverage(numbers, texts)} | {split} |"
             )
     return "\n".join(rows)
 

@@ -35,12 +35,13 @@ Two ways in, both for encoder-decoder (labels aligned with the decoder logits) a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from ntl.integrations.causal_lm import shift_labels
 from ntl.losses.modules import CrossEntropyWithNTL, LossOutput
 from ntl.numbers import NumberVocab, vocab_size_hint
 
@@ -76,13 +77,6 @@ def logits_of(outputs: Any) -> torch.Tensor:
     raise TypeError(f"cannot find logits in model outputs of type {type(outputs).__name__}")
 
 
-def shift_labels(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Causal-LM targets aligned with the logits: ``out[..., t] = labels[..., t + 1]``, and
-    ``ignore_index`` at the last position. (Shifting the labels instead of slicing the logits
-    avoids copying the (B, T, V) logits.)"""
-    return F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-
-
 def decoder_inputs_from_labels(model: Any, labels: torch.Tensor) -> torch.Tensor:
     """Decoder input ids of an encoder-decoder for ``labels``: the labels shifted right behind
     ``decoder_start_token_id``, -100 replaced by the pad id (``model.prepare_decoder_input_ids_
@@ -107,9 +101,11 @@ class NTLLossFunc:
         loss: the combined loss module (:class:`ntl.CrossEntropyWithNTL`).
         causal: shift labels by one (decoder-only LMs). ``False`` for encoder-decoders.
 
-    Call: ``(outputs, labels, num_items_in_batch=None, num_number_items=None) -> total`` (0-d).
-    ``outputs`` is a model output with ``logits`` (B, T, V); ``labels`` (B, T) unshifted, -100 =
-    ignore. ``num_items_in_batch`` is the count of non-ignored (shifted, if causal) labels in the
+    Call: ``(outputs, labels, num_items_in_batch=None, num_number_items=None, shift_labels=None)
+    -> total`` (0-d). ``outputs`` is a model output with ``logits`` (B, T, V); ``labels`` (B, T)
+    unshifted, -100 = ignore; ``shift_labels`` (B, T), when given, are the targets already
+    aligned with the logits (HF's convention, e.g. from a padding-free collator) and replace the
+    shift. ``num_items_in_batch`` is the count of non-ignored (shifted, if causal) labels in the
     whole accumulated batch (what ``Trainer`` passes), ``num_number_items`` the NTL item count of
     the whole accumulated batch (what :class:`NTLTrainer` passes). When only the first is given,
     the NTL denominator is estimated from this micro-batch's share (see the module docstring).
@@ -136,13 +132,24 @@ class NTLLossFunc:
     def ignore_index(self) -> int:
         return self.loss.ignore_index
 
-    def align(self, labels: torch.Tensor) -> torch.Tensor:
-        """Labels aligned with the logits (shifted for causal LMs)."""
+    def align(self, labels: torch.Tensor, shifted: torch.Tensor | None = None) -> torch.Tensor:
+        """Labels aligned with the logits: ``shifted`` when given, else ``labels`` shifted for
+        causal LMs."""
+        if shifted is not None:
+            return shifted
         return shift_labels(labels, self.ignore_index) if self.causal else labels
 
-    def count_items(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(CE items, NTL items)`` of unshifted ``labels`` (after this glue's alignment)."""
-        return self.loss.count_items(self.align(labels))
+    def count_items(
+        self, labels: torch.Tensor, shifted: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(CE items, NTL items)`` of unshifted ``labels`` (after this glue's alignment), or
+        of ``shifted`` targets when given."""
+        return self.loss.count_items(self.align(labels, shifted))
+
+    @property
+    def running_sums(self) -> torch.Tensor | None:
+        """``(ce, ntl)`` summed over the training calls since the last `pop_means`, or None."""
+        return self._sums
 
     def record(self, out: LossOutput) -> None:
         """Keep the parts of a training call (computed elsewhere, e.g. logits-free) for logs."""
@@ -156,23 +163,24 @@ class NTLLossFunc:
         labels: torch.Tensor | None,
         num_items_in_batch: torch.Tensor | int | None = None,
         num_number_items: torch.Tensor | int | None = None,
+        shift_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if labels is None:
+        if labels is None and shift_labels is None:
             raise ValueError(
                 "NTL needs labels: the batch has no 'labels' (check the data collator and "
                 "TrainingArguments.label_names)"
             )
         logits = logits_of(outputs)
-        if logits.shape[:-1] != labels.shape:
+        aligned = self.align(labels, shift_labels)
+        if logits.shape[:-1] != aligned.shape:
             raise ValueError(
-                f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match: "
+                f"logits {tuple(logits.shape)} and labels {tuple(aligned.shape)} do not match: "
                 "expected logits (B, T, V) with labels (B, T)"
             )
         if logits.shape[-1] != self.loss.vocab_size:
             raise ValueError(vocab_size_hint(logits.shape[-1], self.loss.vocab_size))
-        aligned = self.align(labels)
         if num_items_in_batch is not None and num_number_items is None:
-            num_number_items = self._estimate_number_items(aligned, num_items_in_batch)
+            num_number_items = self.estimate_number_items(aligned, num_items_in_batch)
         out = self.loss(
             logits,
             aligned,
@@ -184,20 +192,26 @@ class NTLLossFunc:
             self.record(out)
         return out.total
 
-    def _estimate_number_items(
+    def estimate_number_items(
         self, aligned: torch.Tensor, num_items_in_batch: torch.Tensor | int
     ) -> torch.Tensor:
+        """The NTL item count of the accumulated batch, estimated from this micro-batch's
+        ``aligned`` labels and the batch's CE item count (see the module docstring)."""
         local_items, local_numbers = self.loss.count_items(aligned)
         total = torch.as_tensor(num_items_in_batch, device=aligned.device, dtype=torch.float32)
         share = total / local_items.float().clamp_min(1)
         return (local_numbers.float() * share).clamp_min(1)
 
-    def pop_means(self, steps: int) -> dict[str, float]:
+    def pop_means(
+        self, steps: int, combine: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> dict[str, float]:
         """``{"ce", "ntl"}`` summed since the last call, divided by ``steps`` optimizer steps
-        (the same averaging as the Trainer's ``loss``); resets the sums. ``{}`` if none."""
+        (the same averaging as the Trainer's ``loss``); resets the sums. ``{}`` if none.
+        ``combine`` maps the (2,) sums first (e.g. averaging them over processes)."""
         if self._sums is None or steps <= 0:
             return {}
-        ce, ntl = (self._sums / steps).tolist()
+        sums = self._sums if combine is None else combine(self._sums)
+        ce, ntl = (sums / steps).tolist()
         self._sums = None
         return {"ce": ce, "ntl": ntl}
 
@@ -321,6 +335,7 @@ class NTLTrainer(Trainer):
         self.compute_loss_func = self._compute_loss_with_counts
         self._num_number_items: torch.Tensor | None = None
         self._current_number_items: torch.Tensor | None = None
+        self._current_shift_labels: torch.Tensor | None = None
         self._ntl_last_logged_step: int | None = None
         self._ntl_eval_parts: list[torch.Tensor] | None = None  # (ce·rows, ntl·rows, rows) per eval batch
         self.logits_free = bool(logits_free)
@@ -365,7 +380,7 @@ class NTLTrainer(Trainer):
             labels = batch.get("labels")
             if not isinstance(labels, torch.Tensor):
                 return None
-            _, n = self.ntl_loss_func.count_items(labels)
+            _, n = self.ntl_loss_func.count_items(labels, batch.get("shift_labels"))
             total = n if total is None else total + n.to(total.device)
         total = total.to(device)
         if self.args.average_tokens_across_devices:
@@ -391,8 +406,10 @@ class NTLTrainer(Trainer):
         else:  # evaluation: one batch is the whole "accumulated batch"
             labels = inputs.get("labels")
             self._current_number_items = (
-                self.ntl_loss_func.count_items(labels)[1] if labels is not None else None
+                self.ntl_loss_func.count_items(labels, inputs.get("shift_labels"))[1]
+                if labels is not None else None
             )
+        self._current_shift_labels = inputs.get("shift_labels")
         if self.logits_free and model.training and "labels" in inputs:
             return self._logits_free_loss(model, inputs, return_outputs, num_items_in_batch)
         if not self.causal and "labels" in inputs and "decoder_input_ids" not in inputs:
@@ -407,8 +424,9 @@ class NTLTrainer(Trainer):
         """A training loss computed inside the (patched, possibly wrapped) model's forward."""
         n_ntl = self._current_number_items if num_items_in_batch is not None else None
         if num_items_in_batch is not None and n_ntl is None:  # as NTLLossFunc does
-            n_ntl = self.ntl_loss_func._estimate_number_items(
-                self.ntl_loss_func.align(inputs["labels"]), num_items_in_batch)
+            n_ntl = self.ntl_loss_func.estimate_number_items(
+                self.ntl_loss_func.align(inputs["labels"], inputs.get("shift_labels")),
+                num_items_in_batch)
         outputs = model(**inputs, num_items_in_batch=num_items_in_batch, num_number_items=n_ntl)
         self.ntl_loss_func.record(LossOutput(outputs.loss, outputs.ce, outputs.ntl))
         loss = outputs.loss
@@ -424,6 +442,7 @@ class NTLTrainer(Trainer):
             labels,
             num_items_in_batch=num_items_in_batch,
             num_number_items=self._current_number_items if num_items_in_batch is not None else None,
+            shift_labels=self._current_shift_labels,
         )
         if self._ntl_eval_parts is not None and labels is not None:
             last, rows = self.ntl_loss_func.last, float(labels.shape[0])
@@ -452,17 +471,18 @@ class NTLTrainer(Trainer):
     # -- logging ----------------------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """``Trainer.log`` plus ``ce`` and ``ntl`` on training logs (those with ``loss``)."""
-        if "loss" in logs and self.ntl_loss_func._sums is not None:
+        if "loss" in logs and self.ntl_loss_func.running_sums is not None:
             last = self._ntl_last_logged_step
             steps = self.state.global_step - (last if last is not None else 0)
-            sums = self.ntl_loss_func._sums
-            if self.args.world_size > 1:
-                # Like ``loss``: the mean over processes of what each one's loss returned, times
-                # the factor Trainer.compute_loss applies when the counts are global.
-                sums = self.accelerator.gather(sums[None]).mean(0)
-                if self.args.average_tokens_across_devices:
-                    sums = sums * (self.accelerator.num_processes // max(1, self.get_tp_size()))
-            self.ntl_loss_func._sums = sums
-            logs.update(self.ntl_loss_func.pop_means(steps))
+            combine = self._combine_over_processes if self.args.world_size > 1 else None
+            logs.update(self.ntl_loss_func.pop_means(steps, combine))
             self._ntl_last_logged_step = self.state.global_step
         super().log(logs, start_time)
+
+    def _combine_over_processes(self, sums: torch.Tensor) -> torch.Tensor:
+        """Like ``loss``: the mean over processes of what each one's loss returned, times the
+        factor Trainer.compute_loss applies when the counts are global."""
+        sums = self.accelerator.gather(sums[None]).mean(0)
+        if self.args.average_tokens_across_devices:
+            sums = sums * (self.accelerator.num_processes // max(1, self.get_tp_size()))
+        return sums

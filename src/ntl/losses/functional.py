@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ntl._deprecation import UNSET, renamed_keyword
 from ntl.numbers import NumberTable, NumberVocab, vocab_size_hint
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -123,7 +124,8 @@ def validate(
 
 
 # ---------------------------------------------------------------------- shared pieces
-def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
+def compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    """The dtype the losses compute in: float64 for float64 inputs, else float32."""
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
@@ -140,34 +142,36 @@ class _Targets:
         self.y = torch.where(self.is_number, table.values[safe], 0.0).to(dtype)
 
 
-def _number_logits(logits: torch.Tensor, table: NumberTable, dtype) -> torch.Tensor:
-    """(N, K) logits of the number tokens, in the compute dtype."""
-    flat = logits.reshape(-1, logits.shape[-1])
-    return flat.index_select(-1, table.number_ids).to(dtype)
+def _number_logits(
+    logits: torch.Tensor, table: NumberTable, counts: torch.Tensor, dtype, *, reweigh: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The (N, K) number-token logits in the compute dtype and, with ``reweigh``, the (N,)
+    log-sum-exp of each whole row (for the number mass); both 0 in rows that do not count.
 
-
-def _counting_number_logits(
-    logits: torch.Tensor, table: NumberTable, targets: _Targets, dtype
-) -> torch.Tensor:
-    """(N, K) number-token logits, replaced by 0 in rows that do not count (ignored labels,
-    non-number labels): a NaN / inf logit there must not reach the loss or its gradient."""
-    z = _number_logits(logits, table, dtype)
-    return torch.where(targets.is_number[:, None], z, 0.0)
-
-
-def _number_mass(logits: torch.Tensor, number_logits: torch.Tensor, dtype) -> torch.Tensor:
-    """(N,) probability mass on the number tokens under the full softmax.
-
-    From two log-sum-exps, so no probability tensor over the whole vocabulary is built.
+    Rows that do not count (``counts`` False: ignored or non-number labels) are replaced by 0
+    before any non-linear op, so a NaN / inf logit there reaches neither the loss nor the
+    gradient (its gradient row is 0, not 0·NaN). With ``reweigh`` the logits are upcast once and
+    both terms read that copy: their two partial gradients then add up in the compute dtype and
+    are rounded to the logits' dtype once (two bf16 / fp16 partials that cancel would lose the
+    result, or overflow to inf − inf).
     """
     flat = logits.reshape(-1, logits.shape[-1])
-    lse_all = torch.logsumexp(flat.to(dtype) if flat.dtype != dtype else flat, dim=-1)
-    return torch.exp(torch.logsumexp(number_logits, dim=-1) - lse_all)
+    if not reweigh:
+        z = flat.index_select(-1, table.number_ids).to(dtype)
+        return torch.where(counts[:, None], z, 0.0), None
+    full = torch.where(counts[:, None], flat.to(dtype), 0.0)
+    return full.index_select(-1, table.number_ids), torch.logsumexp(full, dim=-1)
 
 
-def _reweigh(per_token: torch.Tensor, mass: torch.Tensor, max_dist: float) -> torch.Tensor:
-    """ntloss's mass reweighting: ``loss·m + 1.01·max_dist·(1 − m)``."""
-    return per_token * mass + REWEIGH_MARGIN * max_dist * (1.0 - mass)
+def _number_mass(number_logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """(N,) probability mass on the number tokens under the full softmax (two log-sum-exps, no
+    probability tensor over the whole vocabulary)."""
+    return torch.exp(torch.logsumexp(number_logits, dim=-1) - lse)
+
+
+def _reweigh(per_token: torch.Tensor, mass: torch.Tensor, max_loss: float) -> torch.Tensor:
+    """ntloss's mass reweighting: ``loss·m + 1.01·max_loss·(1 − m)``."""
+    return per_token * mass + REWEIGH_MARGIN * max_loss * (1.0 - mass)
 
 
 def _reduce(
@@ -217,7 +221,7 @@ def count_number_targets(
     return (keep & table.is_number[safe]).sum()
 
 
-def _distance_matrix(table: NumberTable, squash_factor: float | None, dtype) -> torch.Tensor:
+def distance_matrix(table: NumberTable, squash_factor: float | None, dtype) -> torch.Tensor:
     """(K, K) distance between number-token values; optionally squashed as in ntloss.
 
     With ``squash_factor`` s > 1 the distances are mapped affinely so that the closest wrong
@@ -235,8 +239,8 @@ def _distance_matrix(table: NumberTable, squash_factor: float | None, dtype) -> 
     return torch.where(dist == 0, torch.zeros_like(dist), 1 + (dist - gap) * scale)
 
 
-def _max_distance(table: NumberTable, squash_factor: float | None) -> float:
-    """The largest entry of `_distance_matrix`, from host-side scalars (no device sync)."""
+def max_distance(table: NumberTable, squash_factor: float | None) -> float:
+    """The largest entry of `distance_matrix`, from host-side scalars (no device sync)."""
     span, gap = table.value_span, table.min_gap
     if squash_factor is None or span == 0:
         return span
@@ -246,19 +250,18 @@ def _max_distance(table: NumberTable, squash_factor: float | None) -> float:
 def _finish(
     per_token: torch.Tensor,
     *,
-    logits: torch.Tensor,
     number_logits: torch.Tensor,
+    lse: torch.Tensor | None,
     targets: _Targets,
     labels: torch.Tensor,
-    reweigh: bool,
-    max_dist: float,
+    max_loss: float,
     loss_weights: torch.Tensor | None,
     reduction: str,
     num_items_in_batch: Any,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    if reweigh:
-        per_token = _reweigh(per_token, _number_mass(logits, number_logits, dtype), max_dist)
+    if lse is not None:  # reweigh
+        per_token = _reweigh(per_token, _number_mass(number_logits, lse), max_loss)
     weights = _weights(targets, loss_weights, dtype)
     return _reduce(per_token, weights, labels, reduction, num_items_in_batch)
 
@@ -286,6 +289,20 @@ def wasserstein(
     value, ``sum_k |P(k) − Q(k)|·(v_(k+1) − v_(k))`` — valid for uneven and duplicate values and
     equal to the one-hot form on one-hot targets. Positions still count only where the label is
     a number token. Units: the token values' units (digits: 0..9).
+
+    Shape:
+        - logits: (B, T, V) or (N, V), any float dtype.
+        - labels: (B, T) or (N,), aligned with the logits.
+        - output: 0-d, or the labels' shape with ``reduction="none"`` (0 where the label is
+          not a number token); float32 (float64 for float64 logits).
+        - target_probs: (B, T, K) or (N, K), K = the number of number tokens.
+
+    Examples::
+
+        >>> vocab = NumberVocab.from_vocab({str(d): d for d in range(10)} | {"a": 10})
+        >>> logits = torch.randn(2, 4, 11, requires_grad=True)
+        >>> labels = torch.tensor([[3, 10, 7, -100], [0, 9, 10, 5]])
+        >>> wasserstein(logits, labels, vocab).backward()
     """
     table = as_table(vocab, logits.device)
     validate(logits, labels, table, ignore_index=ignore_index, reduction=reduction,
@@ -293,25 +310,25 @@ def wasserstein(
              num_items_in_batch=num_items_in_batch)
     if target_probs is not None and squash_factor is not None:
         raise ValueError("squash_factor applies to one-hot targets only; drop it or target_probs.")
-    dtype = _compute_dtype(logits)
+    dtype = compute_dtype(logits)
     targets = _Targets(labels, table, ignore_index, dtype)
-    z = _counting_number_logits(logits, table, targets, dtype)
+    z, lse = _number_logits(logits, table, targets.is_number, dtype, reweigh=reweigh)
     p = torch.softmax(z, dim=-1)
     if target_probs is None:
-        dist = _distance_matrix(table, squash_factor, dtype)
+        dist = distance_matrix(table, squash_factor, dtype)
         # Row of the distance matrix for each label: label id -> its index among number tokens.
         label_col = torch.searchsorted(table.number_ids, targets.ids).clamp_max(dist.shape[0] - 1)
         per_token = (p * dist[label_col]).sum(-1)
-        max_dist = _max_distance(table, squash_factor)
+        max_loss = max_distance(table, squash_factor)
     else:
         order = torch.argsort(table.number_values, stable=True)
         v = table.number_values[order].to(dtype)
         q = target_probs.reshape(-1, z.shape[-1]).to(dtype)[:, order]
         cdf_gap = (torch.cumsum(p[:, order], -1) - torch.cumsum(q, -1))[:, :-1].abs()
         per_token = (cdf_gap * (v[1:] - v[:-1])).sum(-1)
-        max_dist = table.value_span
-    return _finish(per_token, logits=logits, number_logits=z, targets=targets, labels=labels,
-                   reweigh=reweigh, max_dist=max_dist, loss_weights=loss_weights,
+        max_loss = table.value_span
+    return _finish(per_token, number_logits=z, lse=lse, targets=targets, labels=labels,
+                   max_loss=max_loss, loss_weights=loss_weights,
                    reduction=reduction, num_items_in_batch=num_items_in_batch, dtype=dtype)
 
 
@@ -354,16 +371,30 @@ def soft_wasserstein(
     return wasserstein(logits, labels, table, target_probs=targets, ignore_index=ignore_index, **kwargs)
 
 
-def _lp(kind: str, huber_delta: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Elementwise Lp distance of a residual ``r = ŷ − y``, by name."""
+def lp_distance(ntl: str, huber_delta: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The elementwise distance of a residual ``r = ŷ − y`` for the expectation loss ``ntl``:
+    ``"mse"`` (``r²``), ``"mae"`` (``|r|``) or ``"huber"`` (as ``F.huber_loss`` with
+    ``huber_delta``)."""
     table: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "mse": lambda r: r * r,
         "mae": lambda r: r.abs(),
         "huber": lambda r: F.huber_loss(r, torch.zeros_like(r), reduction="none", delta=huber_delta),
     }
-    if kind not in table:
-        raise ValueError(f"loss={kind!r} is not an expectation loss; use one of {tuple(table)}.")
-    return table[kind]
+    if ntl not in table:
+        raise ValueError(f"ntl={ntl!r} is not an expectation loss; use one of {tuple(table)}.")
+    return table[ntl]
+
+
+def max_token_loss(
+    table: NumberTable, ntl: str, *, squash_factor: float | None = None, huber_delta: float = 1.0
+) -> float:
+    """The largest per-token loss of ``ntl`` (``"was"`` or an expectation loss) against a one-hot
+    target: what `reweigh` charges, times `REWEIGH_MARGIN`, for probability mass off the number
+    tokens. Host-side scalars only (no device sync)."""
+    if ntl == "was":
+        return max_distance(table, squash_factor)
+    span = torch.tensor([table.value_span], dtype=torch.float64)
+    return float(lp_distance(ntl, huber_delta)(span)[0])
 
 
 def expectation(
@@ -371,32 +402,47 @@ def expectation(
     labels: torch.Tensor,
     vocab: NumberVocab | NumberTable,
     *,
-    loss: str = "mse",
+    ntl: str = "mse",
     huber_delta: float = 1.0,
     reweigh: bool = False,
     ignore_index: int = -100,
     reduction: str = "mean",
     loss_weights: torch.Tensor | None = None,
     num_items_in_batch: Any = None,
+    loss: Any = UNSET,
 ) -> torch.Tensor:
     """NTL-Lp: an Lp loss between ``y`` and the expected value ``ŷ = sum_i p_i·v_i``.
 
-    ``loss``: ``"mse"`` (``(ŷ − y)²``, the paper's NTL-MSE), ``"mae"`` or ``"huber"``
+    ``ntl``: ``"mse"`` (``(ŷ − y)²``, the paper's NTL-MSE), ``"mae"`` or ``"huber"``
     (with ``huber_delta``). Units: squared (mse) or plain (mae) token-value units.
+    ``loss=`` is the deprecated name of ``ntl=``.
+
+    Shape:
+        - logits: (B, T, V) or (N, V), any float dtype.
+        - labels: (B, T) or (N,), aligned with the logits.
+        - output: 0-d, or the labels' shape with ``reduction="none"`` (0 where the label is
+          not a number token); float32 (float64 for float64 logits).
+
+    Examples::
+
+        >>> vocab = NumberVocab.from_vocab({str(d): d for d in range(10)} | {"a": 10})
+        >>> logits = torch.randn(2, 4, 11, requires_grad=True)
+        >>> labels = torch.tensor([[3, 10, 7, -100], [0, 9, 10, 5]])
+        >>> expectation(logits, labels, vocab, ntl="mse").backward()
     """
-    distance = _lp(loss, huber_delta)
+    ntl = renamed_keyword("expectation", "loss", "ntl", loss, ntl, "mse")
+    distance = lp_distance(ntl, huber_delta)
     table = as_table(vocab, logits.device)
     validate(logits, labels, table, ignore_index=ignore_index, reduction=reduction,
              loss_weights=loss_weights, num_items_in_batch=num_items_in_batch)
-    dtype = _compute_dtype(logits)
+    dtype = compute_dtype(logits)
     targets = _Targets(labels, table, ignore_index, dtype)
-    z = _counting_number_logits(logits, table, targets, dtype)
+    z, lse = _number_logits(logits, table, targets.is_number, dtype, reweigh=reweigh)
     y_hat = torch.softmax(z, dim=-1) @ table.number_values.to(dtype)
     per_token = distance(y_hat - targets.y)
-    span = torch.tensor(table.value_span, dtype=dtype)
-    max_dist = float(distance(span.reshape(1))[0])
-    return _finish(per_token, logits=logits, number_logits=z, targets=targets, labels=labels,
-                   reweigh=reweigh, max_dist=max_dist, loss_weights=loss_weights,
+    max_loss = max_token_loss(table, ntl, huber_delta=huber_delta)
+    return _finish(per_token, number_logits=z, lse=lse, targets=targets, labels=labels,
+                   max_loss=max_loss, loss_weights=loss_weights,
                    reduction=reduction, num_items_in_batch=num_items_in_batch, dtype=dtype)
 
 
@@ -517,20 +563,32 @@ def number_level(
     useful gradient at ``Y = 0`` (sMAPE ``d / (|Ŷ| + |Y|)`` is flat there). With
     ``reduction="none"`` the loss sits at the first token of each number; ``loss_weights`` are
     read there too; ``mean`` averages over numbers and ``num_items_in_batch`` should count
-    numbers (the first tokens).
+    numbers (the first tokens, `count_numbers`).
+
+    Shape:
+        - logits: (B, T, V) or (N, V), any float dtype.
+        - labels: (B, T) or (N,), aligned with the logits; numbers are read along the last dim.
+        - output: 0-d, or the labels' shape with ``reduction="none"``; float32 (float64 for
+          float64 logits).
+
+    Examples::
+
+        >>> vocab = NumberVocab.from_vocab({str(d): d for d in range(10)} | {"a": 10, ".": 11})
+        >>> logits = torch.randn(1, 5, 12, requires_grad=True)
+        >>> labels = torch.tensor([[1, 2, 11, 5, 10]])  # 12.5, then a word
+        >>> number_level(logits, labels, vocab).backward()
     """
     table = as_table(vocab, logits.device)
     validate(logits, labels, table, ignore_index=ignore_index, reduction=reduction,
              loss_weights=loss_weights, num_items_in_batch=num_items_in_batch)
     if offset <= 0:
         raise ValueError(f"offset must be > 0 to keep a gradient at y = 0, got {offset}.")
-    dtype = _compute_dtype(logits)
+    dtype = compute_dtype(logits)
     rows = labels.reshape(-1, labels.shape[-1])
     start, span_id, exponent, sign, is_num = _number_places(rows, table, ignore_index)
     targets = _Targets(rows, table, ignore_index, dtype)
-    z = _number_logits(logits, table, dtype)
     # Rows outside numbers never count: their logits (NaN / inf allowed) must not leak in.
-    z = torch.where(is_num.reshape(-1, 1), z, 0.0)
+    z, lse = _number_logits(logits, table, is_num.reshape(-1), dtype, reweigh=reweigh)
     y_hat = torch.softmax(z, dim=-1) @ table.number_values.to(dtype)
 
     # Each number is computed relative to its leading place, 10**top: every place value is
@@ -555,8 +613,8 @@ def number_level(
     distance = (y_hat_num - y_num).abs()
     denom = (distance + y_num.abs() + offset_rel).clamp_min(torch.finfo(dtype).tiny)
     per_number = distance / denom
-    if reweigh:
-        per_number = _reweigh(per_number, _number_mass(logits, z, dtype), 1.0)
+    if lse is not None:  # reweigh
+        per_number = _reweigh(per_number, _number_mass(z, lse), 1.0)
     weights = start.reshape(-1).to(dtype)
     if loss_weights is not None:
         weights = weights * loss_weights.reshape(-1).to(dtype)
@@ -581,7 +639,7 @@ def cross_entropy(
 ) -> torch.Tensor:
     """Token-level CE in float32 (float64 for float64 logits), mean over non-ignored tokens or
     sum / ``num_items_in_batch``."""
-    flat = logits.reshape(-1, logits.shape[-1]).to(_compute_dtype(logits))
+    flat = logits.reshape(-1, logits.shape[-1]).to(compute_dtype(logits))
     target = labels.reshape(-1).long()
     if num_items_in_batch is None:
         return F.cross_entropy(flat, target, ignore_index=ignore_index)
@@ -592,11 +650,11 @@ def cross_entropy(
 
 def _expectation_with(kind: str) -> Callable[..., torch.Tensor]:
     def loss_fn(logits, labels, vocab, **kwargs):
-        return expectation(logits, labels, vocab, loss=kind, **kwargs)
+        return expectation(logits, labels, vocab, ntl=kind, **kwargs)
 
     loss_fn.__name__ = f"expectation_{kind}"
     loss_fn.__wrapped__ = expectation  # inspect.signature shows expectation's options
-    loss_fn.__doc__ = f"`expectation` with loss={kind!r}."
+    loss_fn.__doc__ = f"`expectation` with ntl={kind!r}."
     return loss_fn
 
 
