@@ -15,7 +15,7 @@ reports each as a ratio to plain cross-entropy measured in the same run:
 - logits-free group, from hidden states (N, d) and an output weight (V, d):
   ``lin-ce`` (``h @ W.T`` then CE), ``lin-plain-was`` (``h @ W.T`` then the plain CE+NTL),
   ``lin-fused-was`` (``h @ W.T`` then the fused path) and ``linear-was``
-  (`ntl.losses.fused.linear_cross_entropy_with_ntl`, never (N, V)); its ratios are to ``lin-ce``.
+  (`ntl.losses.linear.linear_cross_entropy_with_ntl`, never (N, V)); its ratios are to ``lin-ce``.
 
 Each (shape, dtype, number fraction) runs in a fresh worker process. Cases are interleaved
 (A B C ... A B C ..., the order rotating every round) and the reported time ratio is the median
@@ -33,7 +33,7 @@ one runs a Llama-style model at Llama-3's vocabulary (128,256; 2 layers, hidden 
 4 × 1024 tokens): Hugging Face's default CE step, CE+NTL on materialized logits and CE+NTL
 logits-free (`ntl.integrations.logits_free`), step time and peak memory added as ratios to the
 CE step, and the three losses at the same weights. ``--linear-memory`` adds the memory check
-of `ntl.losses.fused.linear_cross_entropy_with_ntl` against the materialized fused path.
+of `ntl.losses.linear.linear_cross_entropy_with_ntl` against the materialized fused path.
 
 Writes ``bench.json`` and ``bench.md`` (a markdown table) into ``--out``. The prepared GPU check
 (``python -m ntl.lab.bench.gpu_check``, ``make gpu-check``) runs these workers on CUDA beside

@@ -1,5 +1,5 @@
 """The logits-free memory check: peak memory of CE + 0.3·NTL-WAS from hidden states, materialized
-(``h @ W.T``, then the fused loss) against `ntl.losses.fused.linear_cross_entropy_with_ntl`, each
+(``h @ W.T``, then the fused loss) against `ntl.losses.linear.linear_cross_entropy_with_ntl`, each
 in a fresh process (the ``linear-memory`` worker)."""
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ LINEAR_MEMORY = {"batch": 4, "seq": 1024, "vocab": 128256, "hidden_dim": 256, "f
 def run_linear_memory(config: dict[str, Any]) -> dict[str, Any]:
     """Peak memory added by one forward+backward of CE + 0.3·NTL-WAS from hidden states.
 
-    ``config["path"]``: ``"linear"`` (`fused.linear_cross_entropy_with_ntl` with
+    ``config["path"]``: ``"linear"`` (`linear.linear_cross_entropy_with_ntl` with
     ``chunk_size``) or ``"materialized"`` (``h @ W.T``, then `fused.cross_entropy_with_ntl`).
     Hidden (N, d) and weight (V, d) are ``randn`` (times ``scale``): large logits, so most
     rows have a CE above 69 nats and take the exact-CE fix-up.
     """
     import torch
 
-    from ntl.losses import fused
+    from ntl.losses import fused, linear
 
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
@@ -42,7 +42,7 @@ def run_linear_memory(config: dict[str, Any]) -> dict[str, Any]:
     def run(rows: int = n) -> None:
         h, y = hidden[:rows], labels[:rows]
         if config["path"] == "linear":
-            out = fused.linear_cross_entropy_with_ntl(h, weight, y, table, lam=LAM,
+            out = linear.linear_cross_entropy_with_ntl(h, weight, y, table, lam=LAM,
                                                       chunk_size=config.get("chunk_size"))
         else:
             out = fused.cross_entropy_with_ntl(h @ weight.t(), y, table, lam=LAM)

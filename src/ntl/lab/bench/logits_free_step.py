@@ -42,8 +42,8 @@ def run_logits_free_step(config: dict[str, Any]) -> dict[str, Any]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ntl import CrossEntropyWithNTL
+    from ntl.integrations.causal_lm import shift_labels
     from ntl.integrations.logits_free import apply_logits_free
-    from ntl.losses import fused
 
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
@@ -62,7 +62,7 @@ def run_logits_free_step(config: dict[str, Any]) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     ids = random_labels(vocab, b * t, 0.3, g).reshape(b, t).to(device)  # 30% number targets
     labels = ids.clone()
-    shifted = fused.shift_labels(labels)
+    shifted = shift_labels(labels)
     loss = CrossEntropyWithNTL(vocab, ntl="was", lam=LAM)
     apply_logits_free(model, loss)  # moves the loss to the model's device
     hf_forward = type(model).forward  # the unpatched forward: Hugging Face's own loss

@@ -34,7 +34,7 @@ def run_loss_cases(config: dict[str, Any]) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from ntl.losses import fused
+    from ntl.losses import fused, linear
     from ntl.losses.functional import cross_entropy
 
     if config.get("threads"):
@@ -104,7 +104,7 @@ def run_loss_cases(config: dict[str, Any]) -> dict[str, Any]:
             "lin-plain-was": lambda: modules["was"](hidden @ weight.t(), flat).total,
             "lin-fused-was": lambda: fused.cross_entropy_with_ntl(
                 hidden @ weight.t(), flat, table, lam=LAM).total,
-            "linear-was": lambda: fused.linear_cross_entropy_with_ntl(
+            "linear-was": lambda: linear.linear_cross_entropy_with_ntl(
                 hidden, weight, flat, table, lam=LAM).total,
         }
         groups["linear"] = {name: fwd_bwd(name, fn, hidden, weight)
