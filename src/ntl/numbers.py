@@ -275,14 +275,27 @@ class NumberVocab:
             self._tables[device] = cached
         return cached
 
+    def _numbers_mode_count(self) -> int:
+        """How many tokens of this vocabulary are numbers in ``numbers`` mode (a superset of
+        ``digits`` mode): 0 means no mode and no digit split can give the loss anything."""
+        if self.mode == "numbers":
+            return self.num_number_tokens
+        return sum(number_value(token, "numbers") is not None for token in self._mapping)
+
     def require_numbers(self) -> NumberVocab:
         """Raise a helpful error if this vocabulary has no number tokens; return self."""
         if self.num_number_tokens == 0:
-            other = "numbers" if self.mode == "digits" else "digits"
+            # split_digits changes how text is split, not the vocabulary: it cannot add tokens.
+            in_numbers = self._numbers_mode_count()
+            fix = (
+                f"Use mode='numbers': {in_numbers} of its tokens are plain decimals such as '123'."
+                if in_numbers else
+                "None of its tokens is a digit or a plain decimal, in either mode: the Number "
+                "Token Loss needs a tokenizer whose vocabulary has the digits 0-9."
+            )
             raise ValueError(
                 f"The tokenizer has no number tokens in mode={self.mode!r}, so the Number Token "
-                f"Loss would see nothing. Use ntl.numbers.split_digits(tokenizer) to make every "
-                f"digit its own token, or try mode={other!r}."
+                f"Loss would see nothing. {fix}"
             )
         return self
 
