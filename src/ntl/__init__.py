@@ -10,5 +10,5 @@ The Number Token Loss (Zausinger et al., ICML 2025) for any tokenizer::
 from ntl.losses import CrossEntropyWithNTL, LossOutput, NumberTokenLoss
 from ntl.numbers import NumberVocab
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the package version (pyproject.toml reads it); see CHANGELOG.md
 __all__ = ["CrossEntropyWithNTL", "LossOutput", "NumberTokenLoss", "NumberVocab", "__version__"]
