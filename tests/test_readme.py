@@ -138,7 +138,7 @@ def same_ntl(tmp_path_factory) -> None:
     """The blocks import the ntl these tests import (the installed one), not another copy."""
     folder = tmp_path_factory.mktemp("which-ntl")
     out = subprocess.run([sys.executable, "-c", "import ntl; print(ntl.__file__)"], cwd=folder,
-                         env=_env(folder / "hf"), capture_output=True, text=True, timeout=120)
+                         env=_env(folder / "hf"), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).resolve() == Path(ntl.__file__).resolve(), (
         f"outside the checkout python imports {out.stdout.strip()}, these tests {ntl.__file__}: "
