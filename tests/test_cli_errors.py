@@ -3,8 +3,10 @@ with exit status 2 and no traceback; ``--debug`` brings the traceback back."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,7 @@ from ntl.cli import main
 from tests.conftest import TOKENIZERS
 
 LLAMA2 = str(TOKENIZERS / "llama2")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _one_line_error(capsys, argv: list[str]) -> str:
@@ -92,3 +95,48 @@ def test_the_real_process_exits_2_with_one_line():
 def test_bench_bad_shape(capsys):
     line = _one_line_error(capsys, ["bench", "--quick", "--no-progress", "--shapes", "huge"])
     assert "'huge'" in line and "B,T,V" in line
+
+
+def _ntl_without(blocked: list[str], argv: list[str], cwd) -> subprocess.CompletedProcess:
+    """``ntl ARGV`` in a fresh process where the modules ``blocked`` cannot be imported, as if
+    they were not installed (``sys.modules[name] = None``)."""
+    code = (f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
+            f"from ntl.cli import main\nsys.exit(main({argv!r}))\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_experiment_without_the_lab_extra_touches_nothing(tmp_path):
+    out = _ntl_without(["mathematics_dataset", "rich"], ["experiment", "--profile", "quick"], tmp_path)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "needs mathematics_dataset, rich, which are not installed" in lines[0]
+    assert "pip install 'number-token-loss[lab]'" in lines[0]
+    assert out.stdout == ""  # not even the note on seeds
+    assert list(tmp_path.iterdir()) == []  # no runs/ or data/ folder
+
+
+def test_every_module_of_the_lab_extra_is_checked():
+    """The extras check lists every requirement of pyproject's [lab] extra (and of [hf] in it)."""
+    import ast
+
+    from ntl._optional import MODULES_OF_EXTRA
+
+    # The [project.optional-dependencies] table: `name = [...]` lines (tomllib needs Python 3.11).
+    table = (REPO / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
+    extras = {m[1]: ast.literal_eval(m[2]) for m in re.finditer(r"^(\w+) = (\[.*?\])$", table, re.S | re.M)}
+    assert {"hf", "trl", "lab"} <= set(extras), extras
+    module_of = {"protobuf": "google.protobuf"}  # distribution -> module, where they differ
+
+    def requirements(extra: str) -> set[str]:
+        names = set()
+        for req in extras[extra]:
+            name = re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0]
+            if name == "number-token-loss":
+                names |= requirements(req.split("[")[1].split("]")[0])
+            else:
+                names.add(module_of.get(name, name.replace("-", "_")))
+        return names
+
+    for extra in ("hf", "lab", "trl"):
+        assert requirements(extra) <= set(MODULES_OF_EXTRA[extra]), extra

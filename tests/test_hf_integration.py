@@ -1,10 +1,7 @@
 """The Hugging Face Trainer glue: causal label shift, num_items_in_batch, gradient accumulation,
-CE/NTL logging, and the README example."""
+CE/NTL logging."""
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,8 +19,6 @@ from ntl.lab.data.collate import Collator, EncodedDataset, encode, restrict_toke
 from ntl.lab.models import build_model, model_vocab_size
 from ntl.numbers import load_tokenizer, split_digits
 from tests.helpers import TOKENIZERS
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Micro-batches of 2: the first has 1 number-target token, the second 6 (different shares).
 RECORDS = [
@@ -256,19 +251,6 @@ def test_plain_trainer_with_log_callback(tmp_path, tok):
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2 and all({"ce", "ntl"} <= set(h) for h in logs)
     assert logs[0]["loss"] == pytest.approx(logs[0]["ce"] + 0.3 * logs[0]["ntl"], rel=1e-5)
-
-
-def test_readme_example_runs(tmp_path, monkeypatch):
-    text = (REPO / "README.md").read_text()
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "NTLTrainer(" in b]
-    assert blocks, "no NTLTrainer example in README.md"
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "tokenizer").symlink_to(TOKENIZERS / "llama2")  # "./tokenizer": a local folder
-    namespace: dict = {}
-    exec(compile(blocks[0], "README_hf_example", "exec"), namespace)
-    trainer = namespace["trainer"]
-    logs = [h for h in trainer.state.log_history if "loss" in h]
-    assert logs and {"ce", "ntl"} <= set(logs[-1])
 
 
 def test_ntl_trainer_logs_eval_ce_and_ntl(tmp_path, tok):

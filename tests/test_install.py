@@ -71,7 +71,8 @@ def venv(tmp_path_factory):
     root = tmp_path_factory.mktemp("install")
     src = root / "project"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    (src / "docs").mkdir()
+    for name in ("pyproject.toml", "README.md", "docs/pypi.md"):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # see only what we install
@@ -112,6 +113,9 @@ def test_wheel_core_install_needs_only_torch(venv):
 import importlib.metadata as md, sys, torch, ntl
 from ntl import CrossEntropyWithNTL, NumberVocab
 assert ntl.__file__.startswith(sys.prefix), ntl.__file__
+assert md.version("number-token-loss") == ntl.__version__, md.version("number-token-loss")
+description = md.metadata("number-token-loss").get_payload()
+assert description.startswith("# number-token-loss") and "](" not in description, description[:200]
 requires = md.requires("number-token-loss")
 assert any(r.startswith("transformers") and 'extra == "hf"' in r for r in requires), requires
 vocab = NumberVocab.from_vocab({str(d): d for d in range(10)} | {"+": 10, "=": 11})
@@ -146,4 +150,4 @@ def test_readme_library_example_runs_outside_the_checkout(venv):
     (outside / "example.py").write_text(_readme_block("loss_fn = CrossEntropyWithNTL"))
     out = _run(venv, [str(python), "-W", "error::UserWarning", "example.py"], core, hf)
     assert out.returncode == 0, out.stderr
-    assert "LossOutput(total=" in out.stdout
+    assert re.search(r"^12 \+ 30 = 49: ce \S+  ntl 1\.17$", out.stdout, flags=re.M), out.stdout

@@ -135,18 +135,23 @@ def test_unknown_mode_errors():
 
 
 def test_a_vocabulary_without_number_tokens_fails_at_once(tmp_path):
-    """Not first when the loss is built: NumberVocab itself refuses, naming the fix."""
+    """Not first when the loss is built: NumberVocab itself refuses, naming the fix that works."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from ntl.numbers import NoNumberTokens
 
-    with pytest.raises(NoNumberTokens, match="no number tokens in mode='digits'.*split_digits"):
-        NumberVocab.from_vocab({"a": 0, "b": 1})
-    with pytest.raises(NoNumberTokens, match="mode='numbers'"):
-        NumberVocab.from_vocab({"a": 0, "b": 1}, mode="numbers")
+    # No digit in the vocabulary: neither mode nor split_digits (which adds no tokens) can help.
+    for mode in ("digits", "numbers"):
+        with pytest.raises(NoNumberTokens, match="needs a tokenizer whose vocabulary has the digits") as err:
+            NumberVocab.from_vocab({"a": 0, "b": 1}, mode=mode)
+        assert f"no number tokens in mode={mode!r}" in str(err.value)
+        assert "try mode=" not in str(err.value)
+    # Multi-digit tokens only: numbers mode finds them.
+    with pytest.raises(NoNumberTokens, match="Use mode='numbers': 2 of its tokens"):
+        NumberVocab.from_vocab({"a": 0, "12": 1, "345": 2})
     tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    with pytest.raises(NoNumberTokens, match="split_digits"):
+    with pytest.raises(NoNumberTokens, match="split_digits cannot add tokens"):
         NumberVocab.from_tokenizer(tok)
     digits = NumberVocab.from_vocab({"a": 0, "1": 1, "2": 2})
     with pytest.raises(NoNumberTokens, match="None of the given token ids"):
@@ -165,16 +170,46 @@ def test_vocab_command(tmp_path):
     assert "coverage       100.0%" in out.stdout
 
 
-def test_vocab_command_without_number_tokens(tmp_path):
+def _word_level(tmp_path, words: list[str]) -> str:
+    """A tokenizer.json whose vocabulary is ``words`` (plus [UNK])."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", *words])}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     path = tmp_path / "tokenizer.json"
     tok.save(str(path))
-    out = _ntl("vocab", "--tokenizer", str(path))
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
-    assert "no number tokens" in out.stderr and "split_digits" in out.stderr and "numbers" in out.stderr
+    return str(path)
+
+
+def test_vocab_command_without_number_tokens(tmp_path):
+    path = _word_level(tmp_path, ["hello", "world"])
+    for mode in ("digits", "numbers"):
+        out = _ntl("vocab", "--tokenizer", path, "--mode", mode)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert f"{path} has no number tokens in --mode {mode}" in out.stderr
+        # Neither the other mode nor a digit split can add number tokens: no advice that fails,
+        # and command-line options, not Python calls.
+        assert "try --mode" not in out.stderr and "split_digits(" not in out.stderr
+        assert "--split-digits cannot add tokens" in out.stderr
+
+
+def test_vocab_command_with_multi_digit_tokens_only(tmp_path):
+    out = _ntl("vocab", "--tokenizer", _word_level(tmp_path, ["12", "345", "+"]))
+    assert out.returncode == 2 and "try --mode numbers (2 of its tokens" in out.stderr, out.stderr
+
+
+def _hint(*args: str) -> str:
+    out = _ntl("vocab", "--tokenizer", str(TOKENIZERS / "t5-small"), *args)
+    assert out.returncode == 0, out.stderr
+    return "".join(line for line in out.stdout.splitlines() if line.startswith("hint"))
+
+
+def test_vocab_command_hints_only_options_not_given():
+    """t5-small writes digits inside multi-digit pieces: the hint names only what may still help."""
+    assert "try --split-digits or --mode numbers" in _hint()
+    numbers = _hint("--mode", "numbers")  # 94.7%: the split pieces such as '13023.5;'
+    assert "try --split-digits" in numbers and "--mode numbers" not in numbers
+    assert _hint("--split-digits") == ""  # 100%
 
 
 def test_import_needs_only_torch():

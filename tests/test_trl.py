@@ -136,24 +136,3 @@ def test_gradient_accumulation_equals_one_batch(tmp_path, tok):
 def test_rejects_what_it_cannot_honour(tmp_path, tok):
     with pytest.raises(ValueError, match="loss_type"):
         _trainer(tmp_path, tok, loss_type="dft")
-
-
-
-def test_readme_trl_example_runs(tmp_path, monkeypatch):
-    import re
-    from pathlib import Path
-
-    from tests.helpers import TOKENIZERS
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "NTLSFTTrainer(" in b]
-    assert blocks, "no NTLSFTTrainer example in README.md"
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "tokenizer").symlink_to(TOKENIZERS / "llama2")  # "./tokenizer": a local folder
-    namespace: dict = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", FutureWarning)  # no deprecated TRL path
-        exec(compile(blocks[0], "README_trl_example", "exec"), namespace)
-    history = namespace["trainer"].state.log_history
-    assert any({"ce", "ntl"} <= set(h) for h in history)
-    assert any({"eval_ce", "eval_ntl"} <= set(h) for h in history)

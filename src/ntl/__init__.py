@@ -17,7 +17,7 @@ from ntl.losses import (
 )
 from ntl.numbers import NumberVocab
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the package version (pyproject.toml reads it); see CHANGELOG.md
 __all__ = [
     "CrossEntropyWithNTL",
     "LinearCrossEntropyWithNTL",

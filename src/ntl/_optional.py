@@ -12,6 +12,7 @@ The library itself needs torch and numpy only. Everything else belongs to an ext
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from ntl.errors import UserError
@@ -35,7 +36,18 @@ EXTRA_OF: dict[str, str] = {
     "scipy": "lab",
     "plotnine": "lab",  # only for the diamonds CSV it ships
     "sklearn": "lab",
+    "rich": "lab",
     "ntloss": "dev",
+}
+
+# Extra -> every module it installs (pyproject.toml's [project.optional-dependencies], with the
+# extras it includes spelled out), for commands that check all of them before they start.
+_HF_MODULES = ("transformers", "tokenizers", "sentencepiece", "google.protobuf", "accelerate")
+MODULES_OF_EXTRA: dict[str, tuple[str, ...]] = {
+    "hf": _HF_MODULES,
+    "trl": (*_HF_MODULES, "trl", "datasets"),
+    "lab": (*_HF_MODULES, "safetensors", "mathematics_dataset", "sympy", "matplotlib", "tqdm",
+            "rich", "scipy"),
 }
 
 
@@ -71,3 +83,28 @@ def as_missing_dependency(err: ModuleNotFoundError, feature: str) -> MissingDepe
     if name not in EXTRA_OF:
         return None
     return MissingDependency(missing_message(name, feature))
+
+
+def missing_modules(extra: str) -> list[str]:
+    """The modules of ``extra`` (`MODULES_OF_EXTRA`) that cannot be found; none is imported."""
+    return [module for module in MODULES_OF_EXTRA[extra] if not _findable(module)]
+
+
+def _findable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package ("google"), or no spec
+        return False
+
+
+def require_extra(extra: str, feature: str) -> None:
+    """Raise `MissingDependency` naming every missing module of ``extra`` and the install line.
+
+    For commands that would otherwise fail part-way, after writing files, on the first module
+    they import.
+    """
+    missing = [m.split(".")[0] if m != "google.protobuf" else "protobuf" for m in missing_modules(extra)]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise MissingDependency(f"{feature} needs {', '.join(missing)}, which {verb} not installed: "
+                                f"pip install '{DISTRIBUTION}[{extra}]'")

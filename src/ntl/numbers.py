@@ -43,11 +43,24 @@ class NoNumberTokens(ValueError):
     """The tokenizer (or the chosen ids) has no number tokens in the given mode."""
 
 
-def _no_numbers_message(mode: str, what: str = "The tokenizer") -> str:
-    other = "numbers" if mode == "digits" else "digits"
-    return (f"{what} has no number tokens in mode={mode!r}, so the Number Token Loss would see "
-            f"nothing. Use ntl.numbers.split_digits(tokenizer) to make every digit its own "
-            f"token, or try mode={other!r}.")
+def _no_numbers_message(mode: str, tokens: Iterable[str] | None) -> str:
+    """Why a vocabulary has no number tokens in ``mode``, and the fix that works, if one does.
+
+    ``split_digits`` changes how text is split, not the vocabulary, so it never adds number
+    tokens; ``mode='numbers'`` helps when ``tokens`` hold plain decimals but no single digits.
+    ``tokens=None``: a selection of token ids (``restricted``) held none.
+    """
+    if tokens is None:
+        return (f"None of the given token ids is a number token in mode={mode!r}; pass ids that "
+                "include the number tokens the loss should see.")
+    in_numbers = 0 if mode == "numbers" else sum(number_value(t, "numbers") is not None for t in tokens)
+    fix = (f"Use mode='numbers': {in_numbers} of its tokens are plain decimals such as '123'."
+           if in_numbers else
+           "None of its tokens is a digit or a plain decimal, in either mode, and split_digits "
+           "cannot add tokens: the Number Token Loss needs a tokenizer whose vocabulary has the "
+           "digits 0-9.")
+    return (f"The tokenizer has no number tokens in mode={mode!r}, so the Number Token Loss would "
+            f"see nothing. {fix}")
 
 
 class NumberCoverageWarning(UserWarning):
@@ -182,7 +195,7 @@ class NumberVocab:
         self.frac_digits = frac_digits
         self.number_ids = torch.nonzero(~torch.isnan(values)).flatten()
         if self.number_ids.numel() == 0:
-            raise NoNumberTokens(_no_numbers_message(mode))
+            raise NoNumberTokens(_no_numbers_message(mode, token_to_id))
         self.number_values = values[self.number_ids]
         id_to_token = {idx: tok for tok, idx in token_to_id.items()}
         self.number_tokens = [id_to_token[int(i)] for i in self.number_ids]
@@ -255,7 +268,7 @@ class NumberVocab:
         new.values = torch.where(keep, self.values, torch.full_like(self.values, float("nan")))
         new.number_ids = torch.nonzero(~torch.isnan(new.values)).flatten()
         if new.number_ids.numel() == 0:
-            raise NoNumberTokens(_no_numbers_message(self.mode, "None of the given token ids"))
+            raise NoNumberTokens(_no_numbers_message(self.mode, None))
         new.number_values = new.values[new.number_ids]
         kept = set(new.number_ids.tolist())
         new.number_tokens = [t for i, t in zip(self.number_ids.tolist(), self.number_tokens) if i in kept]
@@ -296,7 +309,7 @@ class NumberVocab:
         """Raise `NoNumberTokens` if this vocabulary has no number tokens; return self. (The
         constructor already refuses such a vocabulary; this stays for callers that check.)"""
         if self.num_number_tokens == 0:
-            raise NoNumberTokens(_no_numbers_message(self.mode))
+            raise NoNumberTokens(_no_numbers_message(self.mode, self._mapping))
         return self
 
     def coverage(self, texts: Iterable[str], tokenizer: Any = None) -> float:

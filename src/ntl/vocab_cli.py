@@ -61,8 +61,9 @@ def load(spec: str) -> Any:
         raise UsageError(f"--tokenizer: {err}") from None
 
 
-def build_vocab(tokenizer: Any, mode: str, vocab_size: int | None) -> Any:
-    """The `NumberVocab`, with a bad ``--vocab-size`` or no number tokens as a `UsageError`."""
+def build_vocab(tokenizer: Any, mode: str, vocab_size: int | None, spec: str = "the tokenizer") -> Any:
+    """The `NumberVocab`, with a bad ``--vocab-size`` or no number tokens as a `UsageError`
+    (``spec``: the ``--tokenizer`` value, named in the message)."""
     from ntl.numbers import NoNumberTokens, NumberCoverageWarning, NumberVocab
 
     if vocab_size is not None and vocab_size <= 0:
@@ -71,10 +72,43 @@ def build_vocab(tokenizer: Any, mode: str, vocab_size: int | None) -> Any:
         warnings.simplefilter("ignore", NumberCoverageWarning)
         try:
             return NumberVocab.from_tokenizer(tokenizer, mode=mode, vocab_size=vocab_size)
-        except NoNumberTokens as err:
-            raise UsageError(str(err).replace("mode=", "--mode ")) from None
+        except NoNumberTokens:
+            raise UsageError(no_numbers_message(tokenizer, mode, spec)) from None
         except ValueError as err:
             raise UsageError(f"--vocab-size {vocab_size}: {err}") from None
+
+
+def no_numbers_message(tokenizer: Any, mode: str, spec: str) -> str:
+    """Why ``--mode mode`` finds no number tokens, and the option that helps, if one does.
+
+    ``--split-digits`` changes how text is split, not the vocabulary, so it never helps here;
+    ``--mode numbers`` helps when the vocabulary has multi-digit tokens but no single digits.
+    """
+    from ntl.numbers import NumberCoverageWarning
+
+    in_numbers = 0
+    if mode == "digits":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NumberCoverageWarning)
+            in_numbers = _count(_vocab_or_none(tokenizer, "numbers"))
+    fix = (f"try --mode numbers ({in_numbers} of its tokens are plain decimals such as 123)"
+           if in_numbers else
+           "none of its tokens is a digit or a plain decimal in either --mode, and --split-digits "
+           "cannot add tokens: the loss needs a tokenizer whose vocabulary has the digits 0-9")
+    return f"--tokenizer {spec} has no number tokens in --mode {mode}, so the loss would see nothing; {fix}"
+
+
+def coverage_hint(mode: str, split: bool) -> str:
+    """What to try when some digits do not land on number tokens: only options not yet given."""
+    fixes = []
+    if not split:
+        fixes.append("--split-digits")
+    if mode == "digits":
+        fixes.append("--mode numbers")
+    if not fixes:
+        return ("coverage < 100% with every digit split: some digits have no token of their own "
+                "in this vocabulary (see the split pieces above)")
+    return f"coverage < 100%: the loss misses some digits; try {' or '.join(fixes)}"
 
 
 def _vocab_or_none(tokenizer: Any, mode: str) -> Any:
@@ -135,7 +169,7 @@ def describe(spec: str, args: argparse.Namespace, texts: list[str]) -> None:
         except TypeError:
             raise UsageError(f"--split-digits: {spec} is a slow (Python) tokenizer without a "
                              "pre-tokenizer to extend; use its tokenizer.json instead") from None
-    vocab = build_vocab(tokenizer, args.mode, args.vocab_size)
+    vocab = build_vocab(tokenizer, args.mode, args.vocab_size, spec)
     values = sorted(set(vocab.number_values.tolist()))
     print(f"tokenizer      {spec} ({type(tokenizer).__name__}, {vocab.vocab_size} ids)")
     print(f"mode           {args.mode}{' (digits split)' if args.split_digits else ''}")
@@ -149,8 +183,7 @@ def describe(spec: str, args: argparse.Namespace, texts: list[str]) -> None:
     for text in texts:
         print(f"  split        {text!r} -> {tokenize_pieces(tokenizer, text)}")
     if coverage < 1:
-        print("hint           coverage < 100%: the loss misses some digits; try --split-digits "
-              "or --mode numbers")
+        print(f"hint           {coverage_hint(args.mode, args.split_digits)}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -475,6 +475,9 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``ntl experiment``."""
+    from ntl._optional import require_extra
+
+    require_extra("lab", "ntl experiment")  # before anything is printed or written
     try:
         profile = profile_from_args(args)
     except (KeyError, ValueError) as exc:
