@@ -126,7 +126,8 @@ def test_every_module_of_the_lab_extra_is_checked():
     table = (REPO / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
     extras = {m[1]: ast.literal_eval(m[2]) for m in re.finditer(r"^(\w+) = (\[.*?\])$", table, re.S | re.M)}
     assert {"hf", "trl", "lab"} <= set(extras), extras
-    module_of = {"protobuf": "google.protobuf"}  # distribution -> module, where they differ
+    # distribution -> module, where they differ
+    module_of = {"protobuf": "google.protobuf", "scikit-learn": "sklearn"}
 
     def requirements(extra: str) -> set[str]:
         names = set()

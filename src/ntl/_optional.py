@@ -47,7 +47,7 @@ MODULES_OF_EXTRA: dict[str, tuple[str, ...]] = {
     "hf": _HF_MODULES,
     "trl": (*_HF_MODULES, "trl", "datasets"),
     "lab": (*_HF_MODULES, "safetensors", "mathematics_dataset", "sympy", "matplotlib", "tqdm",
-            "rich", "scipy"),
+            "rich", "scipy", "plotnine", "sklearn"),
 }
 
 

@@ -99,7 +99,7 @@ def run_loss_cases(config: dict[str, Any]) -> dict[str, Any]:
         hidden.requires_grad_(True)
         weight.requires_grad_(True)
         flat = labels.reshape(-1)
-        linear: dict[str, Callable[[], torch.Tensor]] = {
+        from_hidden: dict[str, Callable[[], torch.Tensor]] = {
             "lin-ce": lambda: F.cross_entropy((hidden @ weight.t()).float(), flat),
             "lin-plain-was": lambda: modules["was"](hidden @ weight.t(), flat).total,
             "lin-fused-was": lambda: fused.cross_entropy_with_ntl(
@@ -108,7 +108,7 @@ def run_loss_cases(config: dict[str, Any]) -> dict[str, Any]:
                 hidden, weight, flat, table, lam=LAM).total,
         }
         groups["linear"] = {name: fwd_bwd(name, fn, hidden, weight)
-                            for name, fn in linear.items()}
+                            for name, fn in from_hidden.items()}
         if config.get("external"):
             more, why = external.linear_cases(hidden, weight, flat, device)
             groups["linear"].update({name: fwd_bwd(name, fn, *leaves)
