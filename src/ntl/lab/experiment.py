@@ -268,22 +268,19 @@ def run_experiment(
             "spread is as large as the differences); use >= 3 seeds, e.g. --profile small"
         )
 
-    # 1. data
-    t0 = time.time()
-    data_paths = dict(generate(profile.data_spec(), data_root, progress=progress))
-    record["data"] = {k: str(v) for k, v in data_paths.items()}
-    stages["data_s"] = round(time.time() - t0, 1)
-    log(f"data ready in {data_paths['train'].parent} ({stages['data_s']} s)")
-    save()
-
-    base_paths: dict[str, Path] = {}
-    if profile.base_data_spec() is not None:  # a pretrained base: its own data
+    # 1. data (and a pretrained base's own data)
+    def data_stage(spec: Any, key: str) -> dict[str, Path]:
         t0 = time.time()
-        base_paths = dict(generate(profile.base_data_spec(), data_root, progress=progress))
-        record["base_data"] = {k: str(v) for k, v in base_paths.items()}
-        stages["base_data_s"] = round(time.time() - t0, 1)
-        log(f"base data ready in {base_paths['train'].parent} ({stages['base_data_s']} s)")
+        paths = dict(generate(spec, data_root, progress=progress))
+        record[key] = {k: str(v) for k, v in paths.items()}
+        stages[f"{key}_s"] = round(time.time() - t0, 1)
+        log(f"{key.replace('_', ' ')} ready in {paths['train'].parent} ({stages[f'{key}_s']} s)")
         save()
+        return paths
+
+    data_paths = data_stage(profile.data_spec(), "data")
+    base_spec = profile.base_data_spec()
+    base_paths = data_stage(base_spec, "base_data") if base_spec is not None else {}
     # every file the tokenizer must cover: the arms' data and the base's
     all_paths = {**data_paths, **{f"base_{k}": v for k, v in base_paths.items()}}
 
