@@ -58,6 +58,7 @@ __all__ = [
     "INVALID_SCORED_AS",
     "compute_metrics",
     "paired_difference",
+    "bootstrap_intervals",
     "question_scores",
     "PER_QUESTION_METRICS",
     "metrics_by_module",
@@ -405,34 +406,47 @@ def paired_difference(
     pa, qa, ta, _ = _read_records(records)
     pb, qb, tb, _ = _read_records(baseline)
     arr_a, arr_b = _stat_arrays(pa, qa, ta), _stat_arrays(pb, qb, tb)
-    n = len(ta)
 
     def diff(idx: np.ndarray) -> dict[str, np.ndarray]:
         sa = _stats(*(x[idx] for x in arr_a))
         sb = _stats(*(x[idx] for x in arr_b))
         return {m: sa[m] - sb[m] for m in metrics}
 
-    point = {m: float(v[0]) for m, v in diff(np.arange(n)[None]).items()}
-    out: dict[str, dict[str, float]] = {}
+    return bootstrap_intervals(diff, len(ta), list(metrics), n_boot=n_boot, seed=seed,
+                               confidence=confidence)
+
+
+def bootstrap_intervals(
+    fn: Any, n: int, names: Sequence[str], *, n_boot: int, seed: int, confidence: float
+) -> dict[str, dict[str, float]]:
+    """``{name: {"value", "lo", "hi"}}`` of ``fn(idx) -> {name: (R,) array}``, a statistic of
+    R index rows over ``n`` examples: the value on the identity, the percentile interval over
+    ``n_boot`` resamples (examples drawn with replacement, in chunks of about
+    ``_CHUNK_ELEMENTS``), widened to include the value. Non-finite replicates are dropped; a
+    non-finite value or no finite replicate gives NaN bounds; ``n == 0`` or ``n_boot == 0``
+    gives ``lo == hi == value``."""
+    point = {k: float(v[0]) for k, v in fn(np.arange(n)[None]).items() if k in names}
     if n == 0 or n_boot == 0:
-        return {m: {"value": v, "lo": v, "hi": v} for m, v in point.items()}
+        return {k: {"value": v, "lo": v, "hi": v} for k, v in point.items()}
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_ELEMENTS // n)
-    reps: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    reps: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for start in range(0, n_boot, chunk):
         idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        for m, vals in diff(idx).items():
-            reps[m].append(vals)
+        for k, vals in fn(idx).items():
+            if k in reps:
+                reps[k].append(vals)
     alpha = 100.0 * (1.0 - confidence) / 2.0
-    for m in metrics:
-        boot = np.concatenate(reps[m])
+    out: dict[str, dict[str, float]] = {}
+    for k in names:
+        boot = np.concatenate(reps[k])
         boot = boot[np.isfinite(boot)]
-        value = point[m]
+        value = point[k]
         if boot.size == 0 or not math.isfinite(value):
-            out[m] = {"value": value, "lo": math.nan, "hi": math.nan}
+            out[k] = {"value": value, "lo": math.nan, "hi": math.nan}
             continue
         lo, hi = (float(q) for q in np.percentile(boot, [alpha, 100.0 - alpha]))
-        out[m] = {"value": value, "lo": min(lo, value), "hi": max(hi, value)}
+        out[k] = {"value": value, "lo": min(lo, value), "hi": max(hi, value)}
     return out
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ntl.lab.metrics import bootstrap_intervals
+
 __all__ = [
     "REGRESSION_METRIC_NAMES",
     "paired_regression_difference",
@@ -34,9 +36,6 @@ __all__ = [
 
 #: Keys of a regression METRICS dict besides ``"n"`` and ``"fallback"``, in report order.
 REGRESSION_METRIC_NAMES: tuple[str, ...] = ("mae", "rmse", "r2", "mape", "spearman", "invalid_rate")
-
-# Bootstrap replicates are processed in chunks of about this many resampled elements.
-_CHUNK_ELEMENTS = 1_000_000
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -88,34 +87,6 @@ def _arrays(
     return np.where(valid, pred, float(fallback)), target, valid
 
 
-def _interval(point: float, boot: np.ndarray, confidence: float) -> dict[str, float]:
-    boot = boot[np.isfinite(boot)]
-    if boot.size == 0 or not math.isfinite(point):
-        return {"value": point, "lo": math.nan, "hi": math.nan}
-    alpha = 100.0 * (1.0 - confidence) / 2.0
-    lo, hi = (float(q) for q in np.percentile(boot, [alpha, 100.0 - alpha]))
-    return {"value": point, "lo": min(lo, point), "hi": max(hi, point)}
-
-
-def _bootstrap(
-    fn: Any, n: int, names: Sequence[str], n_boot: int, seed: int, confidence: float
-) -> dict[str, dict[str, float]]:
-    """``{name: {"value", "lo", "hi"}}`` of ``fn(idx) -> {name: (R,) array}`` on the identity
-    and on ``n_boot`` resamples of ``n`` indices."""
-    point = {k: float(v[0]) for k, v in fn(np.arange(n)[None]).items() if k in names}
-    if n == 0 or n_boot == 0:
-        return {k: {"value": v, "lo": v, "hi": v} for k, v in point.items()}
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _CHUNK_ELEMENTS // n)
-    reps: dict[str, list[np.ndarray]] = {k: [] for k in names}
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        for k, vals in fn(idx).items():
-            if k in reps:
-                reps[k].append(vals)
-    return {k: _interval(point[k], np.concatenate(reps[k]), confidence) for k in names}
-
-
 def regression_metrics(
     preds: Sequence[float | None],
     targets: Sequence[float],
@@ -148,8 +119,9 @@ def regression_metrics(
         raise ValueError(f"n_boot={n_boot} must be >= 0 and confidence={confidence} in (0, 1)")
     pred, target, valid = _arrays(preds, targets, fallback)
     result: dict[str, Any] = {"n": int(len(target)), "fallback": float(fallback)}
-    result.update(_bootstrap(lambda idx: _stats(pred[idx], target[idx], valid[idx]), len(target),
-                             REGRESSION_METRIC_NAMES, n_boot, seed, confidence))
+    result.update(bootstrap_intervals(
+        lambda idx: _stats(pred[idx], target[idx], valid[idx]), len(target), REGRESSION_METRIC_NAMES,
+        n_boot=n_boot, seed=seed, confidence=confidence))
     return result
 
 
@@ -213,4 +185,5 @@ def paired_regression_difference(
         sb = _stats(*(x[idx] for x in arr_b))
         return {m: sa[m] - sb[m] for m in metrics}
 
-    return _bootstrap(diff, len(ta), list(metrics), n_boot, seed, confidence)
+    return bootstrap_intervals(diff, len(ta), list(metrics), n_boot=n_boot, seed=seed,
+                               confidence=confidence)
