@@ -334,11 +334,12 @@ def collect_curve(runs: Mapping[str, Mapping[int, Path]], final_step: int | None
     steps.discard(final_step if final_step is not None else -1)
     if not steps:
         return {}
+    # the splits evaluated along training: those of the first intermediate checkpoint
+    splits = sorted({p.stem for seeds in runs.values() for d in seeds.values()
+                     for p in (d / f"eval-checkpoint-{min(steps)}").glob("*.jsonl")})
     points = []
     for step in [*sorted(steps), None]:
         eval_dir = "eval" if step is None else f"eval-checkpoint-{step}"
-        splits = sorted({p.stem for seeds in runs.values() for d in seeds.values()
-                         for p in (d / f"eval-checkpoint-{min(steps)}").glob("*.jsonl")})
         for split in splits:
             em: dict[str, Any] = {}
             for arm, seeds in runs.items():
