@@ -45,7 +45,7 @@ TINY = {
 
 
 def test_profiles():
-    assert set(PROFILES) == {"quick", "small", "pretrained", "ntl-late", "paper"}
+    assert set(PROFILES) == {"quick", "small", "pretrained", "ntl-late", "diamonds", "paper"}
     assert NTL_LATE.base_steps > 0 and NTL_LATE.lr == 1e-4 and NTL_LATE.lr_scheduler == "constant"
     assert len(NTL_LATE.seeds) == 3 and NTL_LATE.modules == SMALL.modules
     # the pretrained base learns other modules than the target; every arm trains the whole task

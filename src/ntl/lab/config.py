@@ -64,7 +64,8 @@ class Profile:
 
     name: str = "custom"
     description: str = ""
-    # ---- data (ntl.lab.data.mathematics.DataSpec)
+    # ---- data (ntl.lab.data.tasks: mathematics DataSpec, or a regression task's spec)
+    task: str = "mathematics"
     modules: tuple[str, ...] = ("arithmetic__add_or_sub",)
     difficulty: str = "train-easy"
     entropy: tuple[float, float] | None = None
@@ -72,6 +73,7 @@ class Profile:
     n_valid: int = 1_000
     n_interpolate: int = 1_000
     n_extrapolate: int = 1_000
+    n_test: int = 1_000
     data_seed: int = 0
     # ---- tokenizer and model
     tokenizer: str = "t5-small"
@@ -117,6 +119,9 @@ class Profile:
     eval_max_examples: int | None = None
     eval_batch_size: int = 256
     num_beams: int = 1
+    decodings: tuple[str, ...] = ()
+    decoding_k: int = 8
+    decoding_splits: tuple[str, ...] = ("test", "extrapolate")
     max_new_tokens: int = 32
     n_boot: int = 1000
 
@@ -143,10 +148,32 @@ class Profile:
         return DataSpec(**{**self.data_spec_kwargs(), "modules": tuple(self.base_modules)})
 
     def data_spec(self) -> Any:
-        """The :class:`ntl.lab.data.mathematics.DataSpec` of this profile."""
-        from ntl.lab.data.mathematics import DataSpec
+        """The data of this profile's ``task``: a :class:`ntl.lab.data.mathematics.DataSpec`,
+        or for a regression task its spec (``n_train`` rows to train on, ``n_valid``,
+        ``n_test`` and ``n_extrapolate`` rows to evaluate, split by ``data_seed``).
 
-        return DataSpec(**self.data_spec_kwargs())
+        Raises:
+            ValueError: an unknown ``task``, or a regression task with ``base_modules``.
+        """
+        from ntl.lab.data.tasks import is_regression_task
+
+        if not is_regression_task(self.task):
+            from ntl.lab.data.mathematics import DataSpec
+
+            return DataSpec(**self.data_spec_kwargs())
+        if self.base_modules:
+            raise ValueError(f"task {self.task!r} has no pretraining modules; set base_modules=none")
+        split = {"n_valid": self.n_valid, "n_test": self.n_test, "n_train": self.n_train,
+                 "n_extrapolate": self.n_extrapolate, "seed": self.data_seed}
+        if self.task == "diamonds":
+            from ntl.lab.data.diamonds import DiamondsSpec
+
+            return DiamondsSpec(**split)
+        from ntl.lab.data.synthetic import SyntheticSpec
+
+        # enough rows for the splits below the extrapolation threshold (the top 10%)
+        below = self.n_train + self.n_valid + self.n_test
+        return SyntheticSpec(n_rows=max(20_000, int(below / 0.9) + 1), **split)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (tuples become lists)."""
@@ -276,6 +303,43 @@ PRETRAINED = dataclasses.replace(
     jobs=2,
 )
 
+DIAMONDS = Profile(
+    name="diamonds",
+    description=(
+        "numbers as measurements: the price of a diamond from its columns (plotnine's diamonds "
+        "table, 45k training rows), 6 arms x 3 seeds, T5 d=128 3+3 layers from random init, "
+        "1500 steps of 64 (~2 h on 2 CPU cores), evaluated greedily and by the median of 8 "
+        "samples on test (1000 rows) and extrapolation (1000 of the most expensive tenth, "
+        "priced above every training diamond)"
+    ),
+    task="diamonds",
+    modules=("diamonds",),
+    n_train=45_000,
+    n_valid=1_000,
+    n_test=1_000,
+    n_extrapolate=1_000,
+    model="t5-tiny",
+    arms=("ce", "ce+ntl-was", "ce+ntl-mse", "ce+ntl-number-level", "regression-head", "xval"),
+    seeds=(0, 1, 2),
+    max_steps=1_500,
+    batch_size=64,
+    lr=1e-3,
+    warmup_steps=100,
+    lr_scheduler="linear",
+    save_steps=500,
+    save_total_limit=None,
+    logging_steps=25,
+    threads=1,
+    jobs=2,
+    eval_splits=("valid", "test", "extrapolate"),
+    curve_splits=("valid",),
+    decodings=("median-of-k",),
+    decoding_k=8,
+    decoding_splits=("test", "extrapolate"),
+    eval_batch_size=250,
+    max_new_tokens=10,
+)
+
 PAPER = Profile(
     name="paper",
     description=(
@@ -308,7 +372,9 @@ PAPER = Profile(
     max_new_tokens=32,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, SMALL, PRETRAINED, NTL_LATE, PAPER)}
+PROFILES: dict[str, Profile] = {
+    p.name: p for p in (QUICK, SMALL, PRETRAINED, NTL_LATE, DIAMONDS, PAPER)
+}
 
 
 def base_profile(profile: Profile) -> Profile:
@@ -340,6 +406,24 @@ def arm_profile(profile: Profile) -> Profile:
         return profile
     base_profile(profile)  # validates base_fraction
     return dataclasses.replace(profile, train_slice=(profile.base_fraction, 1.0))
+
+
+def decodings_of(profile: Profile) -> list[Any]:
+    """The :class:`ntl.decoding.Decoding` of each name in ``profile.decodings`` (``k`` =
+    ``decoding_k``, sampling seed 0, so every arm and seed draws alike).
+
+    Raises:
+        ValueError: a name that is not a decoding, or a ``decoding_k`` it cannot take.
+    """
+    from ntl.decoding import DECODINGS, Decoding
+
+    out = []
+    for name in profile.decodings:
+        if name not in DECODINGS:
+            raise ValueError(f"decodings: unknown decoding {name!r}; choose from {', '.join(DECODINGS)}")
+        aggregates = name in ("beam", "median-of-k", "mean-of-k")
+        out.append(Decoding(name, k=int(profile.decoding_k) if aggregates else 1, seed=0))
+    return out
 
 
 # ---------------------------------------------------------------------- overrides

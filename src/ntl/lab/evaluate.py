@@ -86,7 +86,9 @@ def evaluate_run(
 
     from ntl.lab.arms import resolve_arm
     from ntl.lab.data.mathematics import load_split
+    from ntl.lab.data.tasks import train_median
     from ntl.lab.metrics import metrics_by_module, parse_number, write_json
+    from ntl.lab.regression_metrics import regression_metrics_from_records
     from ntl.lab.tokenization import load_prepared_tokenizer
 
     run = Path(run_dir)
@@ -122,8 +124,7 @@ def evaluate_run(
     if out_dir:
         out = Path(out_dir)
     else:
-        name = "eval" if checkpoint is None else f"eval-{checkpoint}"
-        out = run / (name if requested is None else f"{name}-{requested.name}")
+        out = run / eval_folder(checkpoint, requested)
 
     tokenizer = load_prepared_tokenizer(
         model_dir if (model_dir / "tokenizer.json").is_file() else cfg["tokenizer"]
@@ -164,6 +165,10 @@ def evaluate_run(
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, out / f"{split}.jsonl")
         metrics[split] = metrics_by_module(rows, n_boot=n_boot, seed=0)
+        fallback = train_median(path)
+        if fallback is not None:  # a text-regression task: its error metrics too
+            metrics[split]["regression"] = regression_metrics_from_records(
+                rows, fallback=fallback, n_boot=n_boot, seed=0)
     write_json(out / "decoding.json", decoding_record(decoding, requested))
     write_json(out / "metrics.json", metrics)
     return metrics
@@ -209,14 +214,25 @@ def score_rows(
     return rows
 
 
+def eval_folder(checkpoint: str | None = None, decoding: Any = None) -> str:
+    """Name of the folder :func:`evaluate_run` writes by default: ``eval``,
+    ``eval-<checkpoint>``, with ``-<decoding name>`` appended for a requested decoding."""
+    name = "eval" if checkpoint is None else f"eval-{checkpoint}"
+    return name if decoding is None else f"{name}-{decoding.name}"
+
+
 def is_evaluated(
-    run_dir: str | os.PathLike[str], splits: Sequence[str], *, checkpoint: str | None = None
+    run_dir: str | os.PathLike[str],
+    splits: Sequence[str],
+    *,
+    checkpoint: str | None = None,
+    decoding: Any = None,
 ) -> bool:
-    """True when ``run_dir/eval/metrics.json`` (``eval-<checkpoint>/`` for a checkpoint) exists,
-    is newer than the model it scores (``final/`` or the checkpoint) and covers ``splits``
-    (those with data)."""
+    """True when ``run_dir/eval/metrics.json`` (:func:`eval_folder` of ``checkpoint`` and
+    ``decoding``) exists, is newer than the model it scores (``final/`` or the checkpoint) and
+    covers ``splits`` (those with data)."""
     run = Path(run_dir)
-    path = run / ("eval" if checkpoint is None else f"eval-{checkpoint}") / "metrics.json"
+    path = run / eval_folder(checkpoint, decoding) / "metrics.json"
     final = run / (checkpoint or "final") / "config.json"
     if not path.is_file() or not final.is_file():
         return False

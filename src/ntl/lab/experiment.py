@@ -5,7 +5,8 @@ Usage: ``ntl experiment --profile quick --name NAME [--arms ce ce+ntl-was] [--se
 
 Stages, each skipped when its output is complete (so re-running after a kill resumes):
 
-1. data: ``ntl.lab.data.mathematics.generate`` (cached under ``--data-root``);
+1. data: the profile's ``task`` (``ntl.lab.data.tasks.generate_data``: mathematics modules or a
+   text-regression table; cached under ``--data-root``);
 2. tokenizer: one digit-level tokenizer for all arms, in ``runs/NAME/tokenizer/``;
 2b. base (profiles with ``base_steps > 0``, e.g. ``pretrained``): one CE base model per seed
    (pretrained on its own ``base_modules`` data, or trained on a slice of the arms' data),
@@ -13,7 +14,9 @@ Stages, each skipped when its output is complete (so re-running after a kill res
 3. train: every arm x seed (fine-tuning the seed's base when there is one) into
    ``runs/NAME/<arm>/seed<k>/`` (a killed arm resumes from its last
    checkpoint; arms are compared at equal optimizer steps on the same examples in the same order);
-4. eval: ``eval/<split>.jsonl`` and ``eval/metrics.json`` per arm x seed;
+4. eval: ``eval/<split>.jsonl`` and ``eval/metrics.json`` per arm x seed, greedy; and for each
+   of the profile's ``decodings`` (e.g. ``median-of-k``) ``eval-<decoding>/`` on its
+   ``decoding_splits``;
 5. report: ``results.json``, ``report.md``, ``curves.png``, ``accuracy.png``; the main table is
    printed.
 
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ntl.errors import UserError
-from ntl.lab.config import Profile, arm_profile, get_profile, parse_sets, resolve
+from ntl.lab.config import Profile, arm_profile, decodings_of, get_profile, parse_sets, resolve
 from ntl.lab.train import add_profile_arguments, base_dir
 
 # Fields that may differ between invocations on the same run folder (they select work, they
@@ -137,10 +140,31 @@ def _train_and_eval(
         stages[f"eval {key}_s"] = round(time.time() - t0, 1)
     else:
         _log(f"eval {key}: done, skipped")
+    for decoding in decodings_of(profile):
+        evaluate_decoding(arm_dir, arm, profile, decoding, key, progress)
     row = run_summary(arm, seed, arm_dir)
     em, paper = (row.get(k, math.nan) for k in ("valid_em", "valid_paper_acc"))
     write_status(arm_dir, key=key, phase="done", note=f"valid EM {em:.3f}, paper acc {paper:.3f}")
     return stages
+
+
+def evaluate_decoding(arm_dir: Path, arm: str, profile: Profile, decoding: Any, key: str,
+                      progress: bool) -> None:
+    """Evaluate ``arm_dir``'s final model with ``decoding`` on ``profile.decoding_splits`` (into
+    ``eval-<decoding>/``), unless done; arms that decode only greedily are skipped, their greedy
+    answers in ``eval/`` stand for every decoding."""
+    from ntl.lab.arms import resolve_arm
+    from ntl.lab.evaluate import evaluate_run, is_evaluated
+    from ntl.lab.progress import write_status
+
+    if resolve_arm(arm, profile.lam).greedy_only:
+        return
+    if is_evaluated(arm_dir, profile.decoding_splits, decoding=decoding):
+        _log(f"eval {key} ({decoding.name}): done, skipped")
+        return
+    _log(f"eval {key} ({decoding.name})")
+    write_status(arm_dir, key=key, phase="eval")
+    evaluate_run(arm_dir, splits=profile.decoding_splits, decoding=decoding, progress=progress)
 
 
 def evaluate_checkpoints(arm_dir: Path, splits: Sequence[str], key: str, progress: bool) -> None:
@@ -230,7 +254,7 @@ def run_experiment(
     """
     import torch
 
-    from ntl.lab.data.mathematics import generate
+    from ntl.lab.data.tasks import generate_data
     from ntl.lab.tokenization import prepare_tokenizer
 
     run_dir = Path(runs_root) / name
@@ -271,7 +295,7 @@ def run_experiment(
     # 1. data (and a pretrained base's own data)
     def data_stage(spec: Any, key: str) -> dict[str, Path]:
         t0 = time.time()
-        paths = dict(generate(spec, data_root, progress=progress))
+        paths = generate_data(spec, data_root, progress=progress)
         record[key] = {k: str(v) for k, v in paths.items()}
         stages[f"{key}_s"] = round(time.time() - t0, 1)
         log(f"{key.replace('_', ' ')} ready in {paths['train'].parent} ({stages[f'{key}_s']} s)")
@@ -467,6 +491,10 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
                 f"{profile.name!r}; run it with a from-scratch profile (e.g. --profile small)"
             )
         recipe.apply(profile)
+    from ntl.lab.data.tasks import is_regression_task
+
+    is_regression_task(profile.task)  # fail early on an unknown task
+    decodings_of(profile)  # ... and on an unknown decoding
     return profile
 
 

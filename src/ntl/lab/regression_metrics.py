@@ -49,7 +49,7 @@ def _stats(pred: np.ndarray, target: np.ndarray, valid: np.ndarray) -> dict[str,
     """All metrics for each row of (R, n) arrays (``pred`` with the fallback filled in)."""
     n = target.shape[1]
     out: dict[str, np.ndarray] = {}
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         err = pred - target
         out["mae"] = np.abs(err).mean(axis=1) if n else np.full(len(target), np.nan)
         out["rmse"] = np.sqrt((err**2).mean(axis=1)) if n else np.full(len(target), np.nan)

@@ -453,12 +453,17 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if results.get("missing"):
         lines += ["", "Not evaluated (no eval/metrics.json): "
                   + ", ".join(f"`{m}`" for m in results["missing"])]
+    if results.get("regression"):
+        from ntl.lab.regression_report import regression_markdown
+
+        lines += ["", "## Numbers as measurements", "", regression_markdown(results["regression"])]
     lines += ["", "## Main results", "", main_table(results), ""]
     from ntl.lab.paper import PAPER_SETUP
 
-    lines += ["## Beside the paper", "",
-              f"Ours: the aggregate rows above. Paper: its main table ({PAPER_SETUP}).", "",
-              comparison_table(results), ""]
+    if not results.get("regression"):  # the paper's table is of the mathematics modules
+        lines += ["## Beside the paper", "",
+                  f"Ours: the aggregate rows above. Paper: its main table ({PAPER_SETUP}).", "",
+                  comparison_table(results), ""]
     if results.get("paired"):
         from ntl.lab.paired import paired_table, per_seed_table
 
@@ -594,6 +599,30 @@ def _split_entropy(info: Mapping[str, Any]) -> dict[str, Any] | None:
     return _read_json(spec).get("entropy")
 
 
+def _regression_results(info: Mapping[str, Any], runs: Mapping[str, Mapping[int, Path]],
+                        splits: Sequence[str]) -> dict[str, Any] | None:
+    """:func:`ntl.lab.regression_report.collect_regression` for an experiment on a
+    text-regression task (``None`` for mathematics, or without the data's ``spec.json``)."""
+    from ntl.lab.data.tasks import is_regression_task, train_median
+
+    profile = info.get("profile") or {}
+    data = info.get("data") or {}
+    if not is_regression_task(profile.get("task", "mathematics")) or "train" not in data:
+        return None
+    fallback = train_median(data["train"])
+    if fallback is None:
+        return None
+    from ntl.lab.config import Profile, decodings_of
+    from ntl.lab.regression_report import collect_regression
+
+    yardstick = data if all(Path(p).is_file() for p in data.values()) else None
+    return collect_regression(
+        runs, [s for s in ("valid", "test", "extrapolate") if s in splits],
+        [d.name for d in decodings_of(Profile.from_dict(profile))],
+        fallback=fallback, lam=float(profile.get("lam", 0.3)),
+        n_boot=int(profile.get("n_boot", 1000)), yardstick_paths=yardstick)
+
+
 def build_report(run_dir: Path, *, plots: bool = True) -> str:
     """Write results.json, report.md, curves.png and accuracy.png into ``run_dir``.
 
@@ -618,6 +647,8 @@ def build_report(run_dir: Path, *, plots: bool = True) -> str:
     final_step = (info.get("profile") or {}).get("max_steps")
     results["curve"] = collect_curve({a: runs[a] for a in results["arms"] if a in runs}, final_step)
     results["split_entropy"] = _split_entropy(info)
+    results["regression"] = _regression_results(info, {a: runs[a] for a in results["arms"] if a in runs},
+                                                results["splits"])
     results["produced_by"] = f"ntl report {shlex.quote(str(run_dir))}"
     results["experiment_command"] = _experiment_command(info)
     results["machine"] = machine_info()
@@ -645,6 +676,10 @@ def build_report(run_dir: Path, *, plots: bool = True) -> str:
         plot_accuracy(results, run_dir / "accuracy.png")
         if results["paired"]:
             plot_paired({Path(run_dir).name: results["paired"]}, results["splits"], run_dir / "paired.png")
+    if results.get("regression"):
+        from ntl.lab.regression_report import regression_markdown
+
+        return regression_markdown(results["regression"])
     return f"{main_table(results)}\n\nBeside the paper:\n\n{comparison_table(results)}"
 
 

@@ -51,9 +51,9 @@ def resolve_data(profile: Profile, data_dir: str | os.PathLike[str] | None, data
         if "train" not in paths:
             raise FileNotFoundError(f"no train.jsonl in {d}")
         return paths
-    from ntl.lab.data.mathematics import generate
+    from ntl.lab.data.tasks import generate_data
 
-    return dict(generate(profile.data_spec(), data_root, progress=True))
+    return generate_data(profile.data_spec(), data_root, progress=True)
 
 
 def device_kind() -> str:
