@@ -17,6 +17,9 @@
 - ``ntl-late``: NTL switched on for the last ~3% of training (its share of the summed learning
   rate): per seed a CE base is trained on half of each module's training examples, then every
   arm trains it 500 more steps on the other half at lr 1e-4, constant.
+- ``diamonds``: numbers as measurements (``task="diamonds"``): the price of a diamond from its
+  columns, six arms (CE, three NTLs, a regression head, xVal) x 3 seeds from random
+  initialisation, each evaluated greedily and by the median of 8 samples (``decodings``).
 - ``paper``: the paper's T5-base recipe (13 modules, 1.05M steps, batch 32, lr 1e-4, AdamW with
   weight decay 0.01, reduce-on-plateau, beam 4): for a GPU, documented and runnable, not run in CI.
 
@@ -56,6 +59,12 @@ class Profile:
     full ``max_steps`` with their own optimizer shape on all of ``modules``, the target task.
     ``curve_splits`` are evaluated at every checkpoint kept before the end (``save_steps``
     apart; ``save_total_limit=None`` keeps them all), so reports show each arm along training.
+    ``task`` picks the data family (:mod:`ntl.lab.data.tasks`): ``mathematics`` (``modules``,
+    ``difficulty``, ``entropy``), or a text-regression table, ``diamonds`` or ``synthetic``
+    (``n_train`` rows to train on, ``n_valid``/``n_test``/``n_extrapolate`` to evaluate).
+    ``decodings`` are evaluated after the greedy evaluation, each on ``decoding_splits``
+    (``median-of-k`` and ``mean-of-k`` aggregate ``decoding_k`` samples; see
+    :mod:`ntl.decoding`).
     ``threads`` is torch's intra-op thread count per process (``None``: torch's default, one per
     core); ``jobs`` is how many arm x seed runs ``ntl experiment`` trains and evaluates at once,
     in separate processes. Tiny models run best single-threaded, several at a time: a second
