@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["REFERENCE", "collect_regression", "regression_markdown"]
+__all__ = ["REFERENCE", "collect_regression", "plot_regression", "regression_markdown"]
 
 #: The row every arm is compared with: CE, decoded greedily.
 REFERENCE: tuple[str, str] = ("ce", "greedy")
@@ -221,3 +221,56 @@ def regression_markdown(result: Mapping[str, Any]) -> str:
         table += ["| " + " | ".join(r) + " |" for r in rows]
         parts.append(f"**{split}**\n\n" + "\n".join(table))
     return "\n\n".join(parts)
+
+
+def plot_regression(result: Mapping[str, Any], path: Path) -> None:
+    """One panel per split: each arm's MAE under each decoding (dot: mean over seeds; bar: 95%
+    bootstrap over seeds and questions), with the training median and the gradient-boosted
+    trees as vertical lines."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    splits = list(result["splits"])
+    arms = list(result["cells"])
+    decodings = list(result["decodings"])
+    fig = Figure(figsize=(4.2 * max(len(splits), 1), 1.2 + 0.45 * len(arms) * len(decodings)),
+                 layout="constrained")
+    axes = fig.subplots(1, max(len(splits), 1), squeeze=False, sharey=True)[0]
+    step = 0.8 / max(len(decodings), 1)
+    labelled: set[str] = set()
+    for ax, split in zip(axes, splits):
+        for k, decoding in enumerate(decodings):
+            for i, arm in enumerate(arms):
+                cell = result["cells"][arm].get(decoding, {}).get(split)
+                if cell is None:
+                    continue
+                y = i + (k - (len(decodings) - 1) / 2) * step
+                mae = cell["mae"]
+                ax.plot([mae["lo"], mae["hi"]], [y, y], color=f"C{k}", lw=2)
+                first = decoding not in labelled
+                labelled.add(decoding)
+                ax.plot([mae["value"]], [y], "o" if not cell["stand_in"] else "x", color=f"C{k}",
+                        ms=5, label=decoding if first else None)
+        lines = [("training median", result["median_baseline"].get(split), "0.4")]
+        if result.get("gbm"):
+            lines.append(("gradient-boosted trees", result["gbm"].get(split), "C3"))
+        for label, metrics, color in lines:
+            if metrics:
+                ax.axvline(metrics["mae"]["value"], color=color, ls="--", lw=1,
+                           label=label if split == splits[0] else None)
+        ax.set_yticks(range(len(arms)), arms)
+        ax.set_title(f"{split}: MAE (lower is better)", fontsize=9)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels collide
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()
+    legend: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+                   ncol=len(legend), fontsize=8)
+    fig.suptitle("MAE per arm and decoding: mean over seeds, 95% bootstrap over seeds and questions "
+                 "(x: greedy answers standing in)", fontsize=9)
+    fig.savefig(path, dpi=110)

@@ -456,7 +456,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if results.get("regression"):
         from ntl.lab.regression_report import regression_markdown
 
-        lines += ["", "## Numbers as measurements", "", regression_markdown(results["regression"])]
+        lines += ["", "## Numbers as measurements", "", regression_markdown(results["regression"]), "",
+                  "![MAE per arm and decoding](measurements.png)"]
     lines += ["", "## Main results", "", main_table(results), ""]
     from ntl.lab.paper import PAPER_SETUP
 
@@ -674,6 +675,10 @@ def build_report(run_dir: Path, *, plots: bool = True) -> str:
                         histories.setdefault(arm, {})[seed] = hist
         plot_curves(histories, run_dir / "curves.png")
         plot_accuracy(results, run_dir / "accuracy.png")
+        if results.get("regression"):
+            from ntl.lab.regression_report import plot_regression
+
+            plot_regression(results["regression"], run_dir / "measurements.png")
         if results["paired"]:
             plot_paired({Path(run_dir).name: results["paired"]}, results["splits"], run_dir / "paired.png")
     if results.get("regression"):
@@ -701,5 +706,7 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     written = ["results.json", "report.md"] + ([] if args.no_plots else
                                                ["curves.png", "accuracy.png", "paired.png"])
+    if not args.no_plots and (Path(args.run_dir) / "measurements.png").is_file():
+        written.append("measurements.png")
     print(f"\nwrote {', '.join(str(Path(args.run_dir) / w) for w in written)}")
     return 0
