@@ -144,5 +144,6 @@ def test_diamonds_experiment_end_to_end(tmp_path, capsys):
     assert "| `regression-head` | median-of-2* |" in report
     assert "gradient-boosted trees on the columns" in report and "always the training median" in report
     assert "**extrapolate**" in report and (run / "measurements.png").is_file()
+    assert "**valid: MAE along training**" in report and "| step 2 | end |" in report
     out = capsys.readouterr().out
     assert "Δ MAE vs CE greedy" in out  # the experiment prints the regression table

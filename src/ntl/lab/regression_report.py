@@ -163,7 +163,38 @@ def collect_regression(
 
         gbm = gbm_yardstick(yardstick_paths, splits=list(targets), n_boot=n_boot)["metrics"]
     return {"fallback": fallback, "decodings": all_decodings, "splits": list(targets),
-            "cells": cells, "median_baseline": median_baseline, "gbm": gbm}
+            "cells": cells, "median_baseline": median_baseline, "gbm": gbm,
+            "curve": _curve(runs, fallback)}
+
+
+def _curve(runs: Mapping[str, Mapping[int, Path]], fallback: float) -> dict[str, Any]:
+    """Greedy MAE at every evaluated checkpoint (``eval-checkpoint-<step>/``) and at the end
+    (``eval/``), per split evaluated along training: ``{split: {arm: {step | "end": {"mean",
+    "seeds"}}}}``, the mean over the seeds evaluated there."""
+    import re
+
+    out: dict[str, Any] = {}
+    for arm, seeds in runs.items():
+        points: dict[tuple[str, Any], list[float]] = {}
+        for seed_dir in seeds.values():
+            for folder in Path(seed_dir).glob("eval-checkpoint-*"):
+                match = re.fullmatch(r"eval-checkpoint-(\d+)", folder.name)
+                if not match:
+                    continue
+                for path in folder.glob("*.jsonl"):
+                    points.setdefault((path.stem, int(match[1])), []).append(
+                        float(_abs_errors(_rows(path), fallback).mean()))
+        splits = {split for split, _ in points}
+        for seed_dir in seeds.values():
+            for split in splits:
+                path = Path(seed_dir) / "eval" / f"{split}.jsonl"
+                if path.is_file():
+                    points.setdefault((split, "end"), []).append(
+                        float(_abs_errors(_rows(path), fallback).mean()))
+        for (split, step), values in points.items():
+            out.setdefault(split, {}).setdefault(arm, {})[step] = {
+                "mean": float(np.mean(values)), "seeds": len(values)}
+    return out
 
 
 def _num(value: float, digits: int = 0) -> str:
@@ -220,6 +251,15 @@ def regression_markdown(result: Mapping[str, Any]) -> str:
         table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         table += ["| " + " | ".join(r) + " |" for r in rows]
         parts.append(f"**{split}**\n\n" + "\n".join(table))
+    for split, by_arm in (result.get("curve") or {}).items():
+        steps = sorted({s for points in by_arm.values() for s in points if s != "end"})
+        header = ["arm", *[f"step {s}" for s in steps], "end"]
+        table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for arm, points in by_arm.items():
+            cells = [_num(points[s]["mean"]) if s in points else "–" for s in [*steps, "end"]]
+            table.append(f"| `{arm}` | " + " | ".join(cells) + " |")
+        parts.append(f"**{split}: MAE along training** (greedy, mean over seeds, every question "
+                     "counted; the end is the final model)\n\n" + "\n".join(table))
     return "\n\n".join(parts)
 
 
