@@ -29,6 +29,7 @@ from ntl.lab.metrics import bootstrap_intervals
 
 __all__ = [
     "REGRESSION_METRIC_NAMES",
+    "absolute_errors",
     "paired_regression_difference",
     "regression_metrics",
     "regression_metrics_from_records",
@@ -140,6 +141,13 @@ def _read(records: Iterable[Mapping[str, Any]]) -> tuple[list[float | None], lis
         preds.append(float(parsed) if ok else None)
         targets.append(target)
     return preds, targets
+
+
+def absolute_errors(records: Iterable[Mapping[str, Any]], *, fallback: float) -> np.ndarray:
+    """Per-question ``|prediction − target|`` of prediction records (``eval/<split>.jsonl``
+    rows), an invalid answer scored as ``fallback``; shape (n,), float64."""
+    pred, target, _ = _arrays(*_read(records), fallback)
+    return np.abs(pred - target)
 
 
 def regression_metrics_from_records(

@@ -19,7 +19,6 @@ the raw columns (:mod:`ntl.lab.gbm_yardstick`), fitted once on the same training
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,22 +35,9 @@ _SHOWN = ("rmse", "r2", "mape", "spearman", "invalid_rate")
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    from ntl.lab.file_checks import read_jsonl
 
-
-def _abs_errors(rows: Sequence[Mapping[str, Any]], fallback: float) -> np.ndarray:
-    """Per-question absolute error, an invalid answer scored as ``fallback``."""
-    from ntl.parsing import parse_number
-
-    out = np.empty(len(rows), dtype=np.float64)
-    for i, row in enumerate(rows):
-        target = parse_number(str(row["answer"]))
-        if target is None:
-            raise ValueError(f"answer {row['answer']!r} of {row.get('question')!r} is not a number")
-        pred = row.get("parsed") if row.get("valid", row.get("parsed") is not None) else None
-        out[i] = abs((fallback if pred is None else float(pred)) - target)
-    return out
+    return read_jsonl(path, "evaluate the run again (ntl eval)")
 
 
 def _answer_file(seed_dir: Path, decoding: str, split: str, greedy_only: bool) -> tuple[Path, bool]:
@@ -92,7 +78,11 @@ def collect_regression(
     """
     from ntl.lab.aggregate import seeds_by_questions_bootstrap
     from ntl.lab.arms import resolve_arm
-    from ntl.lab.regression_metrics import regression_metrics, regression_metrics_from_records
+    from ntl.lab.regression_metrics import (
+        absolute_errors,
+        regression_metrics,
+        regression_metrics_from_records,
+    )
 
     all_decodings = ["greedy", *[d for d in decodings if d != "greedy"]]
     errors: dict[tuple[str, str, str], dict[int, np.ndarray]] = {}
@@ -114,7 +104,8 @@ def collect_regression(
                         raise ValueError(f"{path} holds other questions than the first arm's {split}; "
                                          "paired differences need every arm on the same questions")
                     targets.setdefault(split, [str(r["answer"]) for r in rows])
-                    errors.setdefault((arm, decoding, split), {})[seed] = _abs_errors(rows, fallback)
+                    errors.setdefault((arm, decoding, split), {})[seed] = absolute_errors(
+                        rows, fallback=fallback)
                     per_seed.append(regression_metrics_from_records(rows, fallback=fallback, n_boot=0))
                     seed_ids.append(seed)
                 if not per_seed:
@@ -164,14 +155,18 @@ def collect_regression(
         gbm = gbm_yardstick(yardstick_paths, splits=list(targets), n_boot=n_boot)["metrics"]
     return {"fallback": fallback, "decodings": all_decodings, "splits": list(targets),
             "cells": cells, "median_baseline": median_baseline, "gbm": gbm,
-            "curve": _curve(runs, fallback)}
+            "curve": _curve(runs, fallback, errors)}
 
 
-def _curve(runs: Mapping[str, Mapping[int, Path]], fallback: float) -> dict[str, Any]:
+def _curve(runs: Mapping[str, Mapping[int, Path]], fallback: float,
+           end: Mapping[tuple[str, str, str], Mapping[int, np.ndarray]]) -> dict[str, Any]:
     """Greedy MAE at every evaluated checkpoint (``eval-checkpoint-<step>/``) and at the end
-    (``eval/``), per split evaluated along training: ``{split: {arm: {step | "end": {"mean",
-    "seeds"}}}}``, the mean over the seeds evaluated there."""
+    (``end``: the greedy per-question errors of the final models, ``{(arm, "greedy", split):
+    {seed: errors}}``), per split evaluated along training: ``{split: {arm: {step | "end":
+    {"mean", "seeds"}}}}``, the mean over the seeds evaluated there."""
     import re
+
+    from ntl.lab.regression_metrics import absolute_errors
 
     out: dict[str, Any] = {}
     for arm, seeds in runs.items():
@@ -183,14 +178,11 @@ def _curve(runs: Mapping[str, Mapping[int, Path]], fallback: float) -> dict[str,
                     continue
                 for path in folder.glob("*.jsonl"):
                     points.setdefault((path.stem, int(match[1])), []).append(
-                        float(_abs_errors(_rows(path), fallback).mean()))
-        splits = {split for split, _ in points}
-        for seed_dir in seeds.values():
-            for split in splits:
-                path = Path(seed_dir) / "eval" / f"{split}.jsonl"
-                if path.is_file():
-                    points.setdefault((split, "end"), []).append(
-                        float(_abs_errors(_rows(path), fallback).mean()))
+                        float(absolute_errors(_rows(path), fallback=fallback).mean()))
+        for split in {split for split, _ in points}:
+            final = end.get((arm, "greedy", split), {})
+            if final:
+                points[(split, "end")] = [float(e.mean()) for e in final.values()]
         for (split, step), values in points.items():
             out.setdefault(split, {}).setdefault(arm, {})[step] = {
                 "mean": float(np.mean(values)), "seeds": len(values)}
